@@ -1,0 +1,247 @@
+"""Compile a validated :class:`~pygateway.config.standalone.Config` into the snapshot the
+Rust data plane consumes (format: ``docs/CONTRACT-snapshot.md``), and compute change sets.
+
+Every reference is resolved here: a route carries its merged plugins, its hosts (its own
+or its service's) and the key of its upstream.  Inline upstreams get the keys
+``routes/<id>`` / ``services/<id>``, named ones ``upstreams/<id>``.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .resources import parse_addr
+from .standalone import Config, Item
+
+__all__ = [
+    "ChangeSet",
+    "Snapshot",
+    "change_set_json",
+    "compile_config",
+    "compile_route",
+    "compile_upstream",
+    "diff",
+    "full",
+]
+
+JSON = dict[str, Any]
+ChangeSet = dict[str, list[Any]]
+
+KEEPALIVE_DEFAULTS: JSON = {"size": 320, "idle_timeout": 60, "requests": 1000}
+
+
+@dataclass
+class Snapshot:
+    """The compiled configuration: routes by id and upstreams by key, in order."""
+
+    routes: dict[str, JSON] = field(default_factory=dict)
+    upstreams: dict[str, JSON] = field(default_factory=dict)
+
+    def to_dict(self) -> JSON:
+        return {"routes": list(self.routes.values()), "upstreams": list(self.upstreams.values())}
+
+
+def _num(value: Any) -> Any:
+    """Integral floats (``1.0``) become ints; other values are returned unchanged."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _timeout(value: Any) -> JSON | None:
+    if not isinstance(value, dict):
+        return None
+    return {k: _num(value[k]) for k in ("connect", "send", "read")}
+
+
+def _bracket_v6(host: str) -> str:
+    if host.startswith("["):
+        return host
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return host
+    return f"[{host}]"
+
+
+def _nodes(nodes: Any, scheme: str) -> list[JSON]:
+    default_port = 443 if scheme == "https" else 80
+    out: list[JSON] = []
+    if isinstance(nodes, dict):
+        for addr, weight in nodes.items():
+            host, port = parse_addr(addr)
+            out.append(
+                {
+                    "host": host,
+                    "port": default_port if port is None else port,
+                    "weight": int(weight),
+                    "priority": 0,
+                }
+            )
+    elif isinstance(nodes, list):
+        for node in nodes:
+            port = node.get("port")
+            out.append(
+                {
+                    "host": _bracket_v6(node["host"]),
+                    "port": default_port if port is None else int(port),
+                    "weight": int(node["weight"]),
+                    "priority": int(node.get("priority", 0)),
+                }
+            )
+    return out
+
+
+def compile_upstream(key: str, conf: JSON) -> JSON:
+    """A validated upstream conf -> CompiledUpstream."""
+    scheme = conf.get("scheme", "http")
+    pool = {**KEEPALIVE_DEFAULTS, **(conf.get("keepalive_pool") or {})}
+    retries = conf.get("retries")
+    retry_timeout = conf.get("retry_timeout")
+    return {
+        "key": key,
+        "nodes": _nodes(conf.get("nodes"), scheme),
+        "type": conf.get("type", "roundrobin"),
+        "retries": None if retries is None else int(retries),
+        "retry_timeout": None if retry_timeout is None else _num(retry_timeout),
+        "timeout": _timeout(conf.get("timeout")),
+        "pass_host": conf.get("pass_host", "pass"),
+        "upstream_host": conf.get("upstream_host"),
+        "scheme": scheme,
+        "keepalive_pool": {k: _num(pool[k]) for k in ("size", "idle_timeout", "requests")},
+    }
+
+
+def _upstream_key(route: Item, service: Item | None) -> str | None:
+    conf = route.conf
+    if "upstream" in conf:
+        return f"routes/{route.id}"
+    if "upstream_id" in conf:
+        return f"upstreams/{_sid(conf['upstream_id'])}"
+    if service is not None:
+        if "upstream" in service.conf:
+            return f"services/{service.id}"
+        if "upstream_id" in service.conf:
+            return f"upstreams/{_sid(service.conf['upstream_id'])}"
+    return None
+
+
+def _sid(value: Any) -> str:
+    from .standalone import item_id
+
+    return item_id(value)
+
+
+def _hosts(conf: JSON) -> list[str] | None:
+    if "host" in conf:
+        return [str(conf["host"]).lower()]
+    if "hosts" in conf:
+        return [str(h).lower() for h in conf["hosts"]]
+    return None
+
+
+def compile_route(route: Item, config: Config) -> JSON:
+    """A validated route (with its service and plugin_config) -> CompiledRoute."""
+    conf = route.conf
+    service = None
+    if "service_id" in conf:
+        service = config.services.get(_sid(conf["service_id"]))
+    plugin_config = None
+    if "plugin_config_id" in conf:
+        plugin_config = config.plugin_configs.get(_sid(conf["plugin_config_id"]))
+
+    plugins: JSON = {}
+    if service is not None:
+        plugins.update(copy.deepcopy(service.conf.get("plugins") or {}))
+    if plugin_config is not None:
+        plugins.update(copy.deepcopy(plugin_config.conf.get("plugins") or {}))
+    plugins.update(copy.deepcopy(conf.get("plugins") or {}))
+
+    hosts = _hosts(conf)
+    if hosts is None and service is not None:
+        hosts = _hosts(service.conf)
+
+    if "remote_addr" in conf:
+        remote_addrs: list[str] | None = [conf["remote_addr"]]
+    else:
+        remote_addrs = list(conf["remote_addrs"]) if "remote_addrs" in conf else None
+
+    return {
+        "id": route.id,
+        "name": conf.get("name"),
+        "seq": route.seq,
+        "uris": [conf["uri"]] if "uri" in conf else list(conf["uris"]),
+        "hosts": hosts,
+        "methods": list(conf["methods"]) if conf.get("methods") else None,
+        "remote_addrs": remote_addrs,
+        "vars": copy.deepcopy(conf["vars"]) if conf.get("vars") else None,
+        "priority": int(conf.get("priority", 0)),
+        "upstream": _upstream_key(route, service),
+        "timeout": _timeout(conf.get("timeout")),
+        "service_id": _sid(conf["service_id"]) if "service_id" in conf else None,
+        "plugins": plugins,
+    }
+
+
+def compile_config(config: Config) -> Snapshot:
+    """Compile a validated configuration.  Routes with ``status: 0`` are left out."""
+    snap = Snapshot()
+    for item in config.upstreams.values():
+        key = f"upstreams/{item.id}"
+        snap.upstreams[key] = compile_upstream(key, item.conf)
+    for item in config.services.values():
+        if isinstance(item.conf.get("upstream"), dict):
+            key = f"services/{item.id}"
+            snap.upstreams[key] = compile_upstream(key, item.conf["upstream"])
+    for item in config.routes.values():
+        if item.conf.get("status", 1) == 0:
+            continue
+        if isinstance(item.conf.get("upstream"), dict):
+            key = f"routes/{item.id}"
+            snap.upstreams[key] = compile_upstream(key, item.conf["upstream"])
+        snap.routes[item.id] = compile_route(item, config)
+    return snap
+
+
+def _empty() -> ChangeSet:
+    return {
+        "upsert_upstreams": [],
+        "delete_upstreams": [],
+        "upsert_routes": [],
+        "delete_routes": [],
+    }
+
+
+def full(snapshot: Snapshot) -> ChangeSet:
+    """The change set of a full load: everything upserted, nothing deleted."""
+    changes = _empty()
+    changes["upsert_upstreams"] = [copy.deepcopy(u) for u in snapshot.upstreams.values()]
+    changes["upsert_routes"] = [copy.deepcopy(r) for r in snapshot.routes.values()]
+    return changes
+
+
+def diff(old: Snapshot, new: Snapshot) -> ChangeSet:
+    """What turns ``old`` into ``new``: new or changed items upserted, removed ones deleted."""
+    changes = _empty()
+    for key, up in new.upstreams.items():
+        if old.upstreams.get(key) != up:
+            changes["upsert_upstreams"].append(copy.deepcopy(up))
+    changes["delete_upstreams"] = [k for k in old.upstreams if k not in new.upstreams]
+    for rid, route in new.routes.items():
+        if old.routes.get(rid) != route:
+            changes["upsert_routes"].append(copy.deepcopy(route))
+    changes["delete_routes"] = [r for r in old.routes if r not in new.routes]
+    return changes
+
+
+def is_empty(changes: ChangeSet) -> bool:
+    return not any(changes.values())
+
+
+def change_set_json(changes: ChangeSet) -> str:
+    """Serialise a change set for ``_core.Gateway.apply``."""
+    return json.dumps(changes, separators=(",", ":"), ensure_ascii=False)

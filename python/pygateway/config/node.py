@@ -1,0 +1,213 @@
+"""The node configuration: the gateway's own settings (YAML; keys mirror the CLI flags).
+
+Example::
+
+    listen: ["0.0.0.0:9080"]
+    workers: 4
+    engine: native            # or python
+    routes: conf/apisix.yaml  # the standalone file
+    router: radixtree_host_uri
+    plugins: [key-auth, limit-count]
+    trusted_addresses: ["10.0.0.0/8"]
+    drain_timeout: 10
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, ConfigIssue
+from .validator import lua_type
+
+__all__ = ["DEFAULT_LISTEN", "ENGINES", "ROUTERS", "NodeConfig", "load_node_config"]
+
+DEFAULT_LISTEN = "127.0.0.1:9080"
+ENGINES = ("native", "python")
+ROUTERS = ("radixtree_host_uri", "radixtree_uri_with_parameter")
+
+
+def _cpu_count() -> int:
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
+    workers: int = field(default_factory=_cpu_count)
+    engine: str = "native"
+    debug: bool = False
+    routes: str | None = None
+    router: str = "radixtree_host_uri"
+    plugins: list[str] | None = None
+    """Enabled plugin names; None = all built-in plugins."""
+    plugin_paths: list[str] = field(default_factory=list)
+    trusted_addresses: list[str] = field(default_factory=list)
+    drain_timeout: float = 10
+    admin: dict[str, Any] = field(default_factory=dict)
+    etcd: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None) -> NodeConfig:
+        """Validate a mapping of settings; raise :class:`ConfigError` listing all problems."""
+        values, issues = _check(data, source)
+        if issues:
+            raise ConfigError(issues)
+        return cls(**values)
+
+    def merged(self, overrides: Mapping[str, Any]) -> NodeConfig:
+        """A copy with ``overrides`` applied (``None`` values are ignored: unset flags)."""
+        current = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        current.update({k: v for k, v in overrides.items() if v is not None})
+        return NodeConfig.from_dict(current)
+
+    def listen_addresses(self) -> list[tuple[str, int]]:
+        return [_split_listen(a) for a in self.listen]
+
+
+def _split_listen(addr: str) -> tuple[str, int]:
+    if addr.startswith("["):
+        host, _, rest = addr[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port_text = addr.rpartition(":")
+    if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:  # 0: a free port
+        raise ValueError(f'invalid listen address "{addr}", expected "HOST:PORT"')
+    return host, int(port_text)
+
+
+def _check(data: Mapping[str, Any], source: str | None) -> tuple[dict[str, Any], list[ConfigIssue]]:
+    issues: list[ConfigIssue] = []
+    values: dict[str, Any] = {}
+    known = {f.name for f in dataclasses.fields(NodeConfig)}
+
+    def bad(key: str, message: str) -> None:
+        issues.append(ConfigIssue("node", None, key, message, message, source))
+
+    def expect(key: str, value: Any, kind: str) -> bool:
+        ok = {
+            "string": isinstance(value, str),
+            "boolean": isinstance(value, bool),
+            "array": isinstance(value, list),
+            "object": isinstance(value, dict),
+            "integer": isinstance(value, int) and not isinstance(value, bool),
+            "number": isinstance(value, (int, float)) and not isinstance(value, bool),
+        }[kind]
+        if not ok:
+            bad(key, f"wrong type: expected {kind}, got {lua_type(value)}")
+        return ok
+
+    def string_list(key: str, value: Any) -> bool:
+        if not expect(key, value, "array"):
+            return False
+        for i, v in enumerate(value):
+            if not isinstance(v, str):
+                bad(f"{key}[{i}]", f"wrong type: expected string, got {lua_type(v)}")
+                return False
+        return True
+
+    for key, value in data.items():
+        if key not in known:
+            hint = ", ".join(sorted(known))
+            bad(str(key), f'unknown key "{key}" (known keys: {hint})')
+            continue
+        if key == "listen":
+            if isinstance(value, str):
+                value = [value]
+            if not string_list(key, value):
+                continue
+            if not value:
+                bad(key, "expect array to have at least 1 items")
+                continue
+            for i, addr in enumerate(value):
+                try:
+                    _split_listen(addr)
+                except ValueError as err:
+                    bad(f"listen[{i}]", str(err))
+        elif key == "workers":
+            if not expect(key, value, "integer"):
+                continue
+            if value < 1:
+                bad(key, f"expected {value} to be at least 1")
+        elif key in ("engine", "router"):
+            if not expect(key, value, "string"):
+                continue
+            choices = ENGINES if key == "engine" else ROUTERS
+            if value not in choices:
+                bad(key, f"matches none of the enum values (expected one of: {', '.join(choices)})")
+        elif key == "debug":
+            expect(key, value, "boolean")
+        elif key == "routes":
+            if value is not None:
+                expect(key, value, "string")
+        elif key == "plugins":
+            if value is not None:
+                string_list(key, value)
+        elif key == "plugin_paths":
+            string_list(key, value)
+        elif key == "trusted_addresses":
+            if string_list(key, value):
+                for i, cidr in enumerate(value):
+                    try:
+                        ipaddress.ip_network(cidr, strict=False)
+                    except ValueError:
+                        bad(f"{key}[{i}]", f'invalid IP address or CIDR "{cidr}"')
+        elif key == "drain_timeout":
+            if expect(key, value, "number") and value < 0:
+                bad(key, f"expected {value} to be at least 0")
+        elif key in ("admin", "etcd"):
+            if value is None:
+                value = {}
+            expect(key, value, "object")
+        values[key] = value
+    return values, issues
+
+
+def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
+    """Read a node config YAML file; raise :class:`ConfigError` on any problem."""
+    source = os.fspath(path)
+    try:
+        with open(source, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as err:
+        msg = f"failed to open file {source} : {err.strerror}"
+        raise ConfigError([ConfigIssue("", None, "", msg, msg, source)]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        msg = f"invalid YAML: {err.problem}"
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    "",
+                    None,
+                    "",
+                    msg,
+                    msg,
+                    source,
+                    mark.line + 1 if mark else None,
+                    mark.column + 1 if mark else None,
+                )
+            ]
+        ) from None
+    if data is None:
+        return NodeConfig()
+    if not isinstance(data, dict):
+        msg = f"the node configuration should be a mapping, got {lua_type(data)}"
+        raise ConfigError([ConfigIssue("", None, "", msg, msg, source)])
+    node = NodeConfig.from_dict(data, source=source)
+    # Relative file paths are relative to the node config file.
+    base = os.path.dirname(os.path.abspath(source))
+    changes: dict[str, Any] = {}
+    if node.routes is not None and not os.path.isabs(node.routes):
+        changes["routes"] = os.path.join(base, node.routes)
+    if any(not os.path.isabs(p) for p in node.plugin_paths):
+        changes["plugin_paths"] = [os.path.join(base, p) for p in node.plugin_paths]
+    return dataclasses.replace(node, **changes) if changes else node
