@@ -1,0 +1,215 @@
+//! Body types of the proxy: what goes upstream and what goes back to the client.
+//!
+//! Bodies stream frame by frame; nothing here buffers a whole body.
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::Sleep;
+
+use crate::upstream::pool::{Pool, Sender};
+
+/// Boxed error for body streams.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// The request body sent upstream.
+pub enum ProxyBody {
+    /// No body.
+    Empty,
+    /// The client's body, streamed through.
+    Incoming(Incoming),
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Empty => Poll::Ready(None),
+            ProxyBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Empty => true,
+            ProxyBody::Incoming(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Empty => SizeHint::with_exact(0),
+            ProxyBody::Incoming(b) => b.size_hint(),
+        }
+    }
+}
+
+/// Where a finished upstream connection goes back to.
+pub struct PoolReturn {
+    /// The connection's sender.
+    pub sender: Sender,
+    /// Its pool.
+    pub pool: Arc<Pool>,
+    /// Requests it has served, this one included.
+    pub served: u64,
+}
+
+/// An upstream response body: returns its connection to the pool at the end, and fails
+/// (aborting the client connection) on an upstream error or a read timeout.
+pub struct UpstreamBody {
+    inner: Incoming,
+    pool_return: Option<PoolReturn>,
+    read_timeout: Duration,
+    idle: Option<Pin<Box<Sleep>>>,
+}
+
+impl UpstreamBody {
+    /// Wraps an upstream body.
+    pub fn new(inner: Incoming, pool_return: PoolReturn, read_timeout: Duration) -> Self {
+        let mut b = UpstreamBody {
+            inner,
+            pool_return: Some(pool_return),
+            read_timeout,
+            idle: None,
+        };
+        if b.inner.is_end_stream() {
+            b.release();
+        }
+        b
+    }
+
+    fn release(&mut self) {
+        if let Some(r) = self.pool_return.take() {
+            r.pool.checkin(r.sender, r.served);
+        }
+    }
+}
+
+/// The upstream stalled longer than the read timeout mid-body.
+#[derive(Debug)]
+pub struct ReadTimeout;
+
+impl std::fmt::Display for ReadTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("upstream read timed out")
+    }
+}
+
+impl StdError for ReadTimeout {}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.idle = None;
+                if this.inner.is_end_stream() {
+                    this.release();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.pool_return = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                this.release();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let timeout = this.read_timeout;
+                let sleep = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.pool_return = None;
+                        Poll::Ready(Some(Err(Box::new(ReadTimeout))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The body of a response to the client.
+pub enum ResponseBody {
+    /// A complete body made by the gateway.
+    Full(Option<Bytes>),
+    /// Streamed from the upstream.
+    Upstream(UpstreamBody),
+}
+
+impl ResponseBody {
+    /// A body made by the gateway.
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        ResponseBody::Full(Some(b.into()))
+    }
+
+    /// No body.
+    pub fn empty() -> Self {
+        ResponseBody::Full(None)
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ResponseBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            ResponseBody::Upstream(u) => Pin::new(u).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Full(b) => b.is_none(),
+            ResponseBody::Upstream(u) => u.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            ResponseBody::Full(None) => SizeHint::with_exact(0),
+            ResponseBody::Upstream(u) => u.size_hint(),
+        }
+    }
+}
+
+/// Reads and discards a body (used for bodies the gateway answers without forwarding).
+pub async fn drain(body: Incoming) {
+    let _ = body.collect().await;
+}

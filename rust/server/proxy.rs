@@ -1,0 +1,436 @@
+//! The request pipeline, top to bottom: parse → route → pick a node → forward → stream back.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::{Body, Incoming};
+
+use super::body::{PoolReturn, ProxyBody, ResponseBody, UpstreamBody};
+use super::request::{BadRequest, RequestView};
+use super::State;
+use crate::config::{PassHost, Timeouts};
+use crate::upstream::pool::{self, Conn, ConnectError};
+use crate::upstream::{Node, Upstream, UpstreamSlot};
+
+/// What a matched route carries into the data plane.
+pub struct RouteEntry {
+    /// Route id.
+    pub id: Arc<str>,
+    /// The upstream slot it proxies to, if any.
+    pub upstream: Option<Arc<UpstreamSlot>>,
+    /// Route-level timeouts.
+    pub timeout: Option<Timeouts>,
+}
+
+/// The `Server` header value.
+pub const SERVER: &str = concat!("pygateway/", env!("CARGO_PKG_VERSION"));
+
+/// Per-connection facts.
+pub struct ConnInfo {
+    /// TCP peer.
+    pub peer: SocketAddr,
+    /// Local (listener) address.
+    pub local: SocketAddr,
+}
+
+/// Handles one request; never fails (errors become responses).
+pub async fn handle(
+    state: Arc<State>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, std::convert::Infallible> {
+    let (parts, body) = req.into_parts();
+    let routed = {
+        let view = match RequestView::new(&parts, conn.peer, conn.local, &state.trusted) {
+            Ok(v) => v,
+            Err(e) => return Ok(bad_request(e)),
+        };
+        let Some(m) = state.router.matches(&view) else {
+            return Ok(json_error(StatusCode::NOT_FOUND, "404 Route Not Found"));
+        };
+        Forward {
+            client: view.client,
+            host_header: parts.headers.get(header::HOST).cloned().or_else(|| {
+                parts
+                    .uri
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            }),
+            route: m.payload,
+        }
+    };
+    Ok(routed.proxy(&state, &conn, parts, body).await)
+}
+
+struct Forward {
+    client: std::net::IpAddr,
+    host_header: Option<HeaderValue>,
+    route: Arc<RouteEntry>,
+}
+
+/// How one upstream attempt failed.
+enum Failure {
+    /// Connect or exchange error before response headers → 502.
+    Bad(String),
+    /// Connect or read timeout → 504.
+    Timeout(String),
+}
+
+impl Forward {
+    async fn proxy(
+        self,
+        state: &State,
+        conn: &ConnInfo,
+        mut parts: Parts,
+        body: Incoming,
+    ) -> Response<ResponseBody> {
+        let Some(upstream) = self.route.upstream.as_ref().and_then(|s| s.load_full()) else {
+            log::warn!("route {}: no upstream", self.route.id);
+            return html_error(StatusCode::BAD_GATEWAY);
+        };
+        if upstream.balancer.is_empty() {
+            log::warn!(
+                "route {}: upstream {} has no node",
+                self.route.id,
+                upstream.key
+            );
+            return html_error(StatusCode::BAD_GATEWAY);
+        }
+        let timeouts = self.route.timeout.or(upstream.timeouts).unwrap_or_default();
+        prepare_upstream_head(&mut parts, &self, conn, state);
+        let has_body = !body.is_end_stream();
+        let mut request = Some(Request::from_parts(
+            parts,
+            if has_body {
+                ProxyBody::Incoming(body)
+            } else {
+                ProxyBody::Empty
+            },
+        ));
+        let deadline = upstream.retry_timeout.map(|t| Instant::now() + t);
+        let mut tried: Vec<usize> = Vec::new();
+        let mut last = Failure::Bad("no node tried".into());
+        while let Some(mut req) = request.take() {
+            let Some(idx) = upstream.balancer.pick(&tried) else {
+                break;
+            };
+            tried.push(idx);
+            let node = &upstream.nodes[idx];
+            set_upstream_host(&mut req, &upstream, node, self.host_header.as_ref());
+            // A bodyless request can be sent again after a failure; keep a copy of its head.
+            let tries_left = tried.len() <= upstream.retries as usize;
+            let spare = (!has_body && tries_left).then(|| clone_head(&req));
+            match exchange(node, req, &timeouts).await {
+                Ok((resp, conn)) => {
+                    return respond(resp, conn, node, &timeouts);
+                }
+                Err((failure, unsent)) => {
+                    log::warn!(
+                        "route {}: upstream {} node {}:{}: {}",
+                        self.route.id,
+                        upstream.key,
+                        node.host,
+                        node.port,
+                        match &failure {
+                            Failure::Bad(m) | Failure::Timeout(m) => m,
+                        }
+                    );
+                    last = failure;
+                    if tries_left && deadline.is_none_or(|d| Instant::now() < d) {
+                        request = unsent.or(spare);
+                    }
+                }
+            }
+        }
+        match last {
+            Failure::Timeout(_) => html_error(StatusCode::GATEWAY_TIMEOUT),
+            Failure::Bad(_) => html_error(StatusCode::BAD_GATEWAY),
+        }
+    }
+}
+
+/// One try against one node. On failure, the request comes back if it was never sent.
+async fn exchange(
+    node: &Node,
+    mut req: Request<ProxyBody>,
+    timeouts: &Timeouts,
+) -> Result<(Response<Incoming>, Conn), (Failure, Option<Request<ProxyBody>>)> {
+    // A pooled connection may have been closed by the upstream while idle: such a failure
+    // before the request was written is retried on a fresh connection, not counted as a try.
+    let mut fresh_only = false;
+    loop {
+        let pooled = if fresh_only {
+            None
+        } else {
+            node.pool.checkout()
+        };
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => {
+                let addr = match node.resolve().await {
+                    Ok(a) => a,
+                    Err(e) => return Err((Failure::Bad(e), Some(req))),
+                };
+                match pool::connect(addr, secs(timeouts.connect)).await {
+                    Ok(c) => c,
+                    Err(ConnectError::Timeout) => {
+                        return Err((Failure::Timeout("connect timed out".into()), Some(req)))
+                    }
+                    Err(ConnectError::Failed(e)) => {
+                        return Err((Failure::Bad(format!("connect failed: {e}")), Some(req)))
+                    }
+                }
+            }
+        };
+        if conn.reused && conn.sender.ready().await.is_err() {
+            continue;
+        }
+        let sent = conn.sender.try_send_request(req);
+        match tokio::time::timeout(secs(timeouts.read), sent).await {
+            Err(_) => return Err((Failure::Timeout("read timed out".into()), None)),
+            Ok(Ok(resp)) => return Ok((resp, conn)),
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(back) if conn.reused => {
+                    req = back;
+                    fresh_only = true;
+                }
+                back => {
+                    return Err((Failure::Bad(e.into_error().to_string()), back));
+                }
+            },
+        }
+    }
+}
+
+fn respond(
+    resp: Response<Incoming>,
+    conn: Conn,
+    node: &Node,
+    timeouts: &Timeouts,
+) -> Response<ResponseBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let status = parts.status;
+    parts
+        .headers
+        .insert(header::SERVER, HeaderValue::from_static(SERVER));
+    if status.is_server_error() {
+        parts.headers.insert(
+            HeaderName::from_static("x-apisix-upstream-status"),
+            HeaderValue::from(status.as_u16()),
+        );
+    }
+    parts.version = Version::HTTP_11;
+    let body = UpstreamBody::new(
+        body,
+        PoolReturn {
+            sender: conn.sender,
+            pool: node.pool.clone(),
+            served: conn.served + 1,
+        },
+        secs(timeouts.read),
+    );
+    Response::from_parts(parts, ResponseBody::Upstream(body))
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.001))
+}
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TRAILER,
+    header::PROXY_AUTHENTICATE,
+];
+
+/// Removes hop-by-hop headers, including every header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        // Never let a client strip the headers the gateway itself sets.
+        if n != header::HOST {
+            headers.remove(&n);
+        }
+    }
+    for n in &HOP_BY_HOP {
+        headers.remove(n);
+    }
+}
+
+fn prepare_upstream_head(parts: &mut Parts, fwd: &Forward, conn: &ConnInfo, state: &State) {
+    // Origin-form target: the client's path and query as received.
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        parts.uri = Uri::try_from(pq).unwrap_or_else(|_| Uri::from_static("/"));
+    }
+    parts.version = Version::HTTP_11;
+    let trusted_peer = state.trusted.matches(conn.peer.ip());
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    let client = fwd.client.to_string();
+    let xff = match (trusted_peer, headers.get("x-forwarded-for")) {
+        (true, Some(prev)) => {
+            let mut v = prev.as_bytes().to_vec();
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(conn.peer.ip().to_string().as_bytes());
+            HeaderValue::from_bytes(&v).ok()
+        }
+        _ => HeaderValue::from_str(&conn.peer.ip().to_string()).ok(),
+    };
+    if let Some(v) = xff {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&client) {
+        headers.insert(HeaderName::from_static("x-real-ip"), v);
+    }
+    let keep = |headers: &HeaderMap, name: &str| trusted_peer && headers.contains_key(name);
+    if !keep(headers, "x-forwarded-proto") {
+        headers.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("http"),
+        );
+    }
+    if !keep(headers, "x-forwarded-host") {
+        match &fwd.host_header {
+            Some(h) => {
+                headers.insert(HeaderName::from_static("x-forwarded-host"), h.clone());
+            }
+            None => {
+                headers.remove("x-forwarded-host");
+            }
+        }
+    }
+    if !keep(headers, "x-forwarded-port") {
+        headers.insert(
+            HeaderName::from_static("x-forwarded-port"),
+            HeaderValue::from(conn.local.port()),
+        );
+    }
+}
+
+fn set_upstream_host(
+    req: &mut Request<ProxyBody>,
+    up: &Upstream,
+    node: &Node,
+    client_host: Option<&HeaderValue>,
+) {
+    let host = match up.pass_host {
+        PassHost::Pass => client_host.cloned(),
+        PassHost::Node => Some(node.host_header.clone()),
+        PassHost::Rewrite => up.upstream_host.clone(),
+    };
+    match host {
+        Some(h) => {
+            req.headers_mut().insert(header::HOST, h);
+        }
+        None => {
+            req.headers_mut()
+                .insert(header::HOST, node.host_header.clone());
+        }
+    }
+}
+
+fn clone_head(req: &Request<ProxyBody>) -> Request<ProxyBody> {
+    let mut r = Request::new(ProxyBody::Empty);
+    *r.method_mut() = req.method().clone();
+    *r.uri_mut() = req.uri().clone();
+    *r.version_mut() = req.version();
+    *r.headers_mut() = req.headers().clone();
+    r
+}
+
+/// `{"error_msg": ...}` with APISIX's trailing newline.
+pub fn json_error(status: StatusCode, msg: &str) -> Response<ResponseBody> {
+    let body = serde_json::json!({ "error_msg": msg }).to_string() + "\n";
+    let mut r = Response::new(ResponseBody::full(body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::SERVER, HeaderValue::from_static(SERVER));
+    r
+}
+
+/// nginx-style error page, as APISIX answers proxy failures.
+pub fn html_error(status: StatusCode) -> Response<ResponseBody> {
+    let line = format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let body = format!(
+        "<html>\r\n<head><title>{line}</title></head>\r\n<body>\r\n<center><h1>{line}</h1></center>\r\n<hr><center>{SERVER}</center>\r\n</body>\r\n</html>\r\n"
+    );
+    let mut r = Response::new(ResponseBody::Full(Some(Bytes::from(body))));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+    h.insert(header::SERVER, HeaderValue::from_static(SERVER));
+    r
+}
+
+fn bad_request(e: BadRequest) -> Response<ResponseBody> {
+    log::info!("bad request: {e:?}");
+    let mut r = html_error(StatusCode::BAD_REQUEST);
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "close, X-Secret, host".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert(header::HOST, "a".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert!(h.get(header::TE).is_none());
+        assert_eq!(h.get(header::HOST).unwrap(), "a");
+        assert_eq!(h.get("x-kept").unwrap(), "1");
+    }
+
+    #[test]
+    fn not_found_body_is_apisix_wording() {
+        let r = json_error(StatusCode::NOT_FOUND, "404 Route Not Found");
+        match r.into_body() {
+            ResponseBody::Full(Some(b)) => {
+                assert_eq!(&b[..], b"{\"error_msg\":\"404 Route Not Found\"}\n")
+            }
+            _ => panic!("expected a full body"),
+        }
+    }
+}

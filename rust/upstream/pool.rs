@@ -1,0 +1,143 @@
+//! Keep-alive pool of HTTP/1.1 connections to one upstream node.
+//!
+//! A connection goes back to the pool only when its response body has been read to the end;
+//! anything that saw an error is dropped. Limits follow APISIX's `keepalive_pool`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
+
+use crate::config::KeepalivePool;
+use crate::server::body::ProxyBody;
+
+/// A sender for requests on one upstream connection.
+pub type Sender = http1::SendRequest<ProxyBody>;
+
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the current thread as data-plane worker `id` (its own share of every pool).
+pub fn set_worker(id: usize) {
+    WORKER.with(|w| w.set(id));
+}
+
+fn worker() -> usize {
+    WORKER.with(|w| w.get())
+}
+
+/// Pools are split per worker, as nginx's `keepalive` is per worker process: a connection
+/// stays on the thread whose runtime drives it.
+const MAX_WORKERS: usize = 64;
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+    served: u64,
+}
+
+/// A connection checked out of (or new for) a pool.
+pub struct Conn {
+    /// The request sender.
+    pub sender: Sender,
+    /// Requests served before this one.
+    pub served: u64,
+    /// Whether it came from the pool (a failure on it may be a stale keep-alive).
+    pub reused: bool,
+}
+
+/// Idle connections to one node, one list per worker.
+pub struct Pool {
+    idle: Vec<Mutex<Vec<Idle>>>,
+    limits: KeepalivePool,
+    idle_timeout: Duration,
+}
+
+/// Why a connection could not be made.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// The connect timeout expired.
+    Timeout,
+    /// Name resolution, refusal, handshake failure.
+    Failed(String),
+}
+
+impl Pool {
+    /// An empty pool with APISIX's limits.
+    pub fn new(limits: KeepalivePool) -> Arc<Self> {
+        Arc::new(Pool {
+            idle: (0..MAX_WORKERS).map(|_| Mutex::new(Vec::new())).collect(),
+            limits,
+            idle_timeout: Duration::from_secs_f64(limits.idle_timeout.max(0.0)),
+        })
+    }
+
+    /// The most recently used live idle connection, if any.
+    pub fn checkout(&self) -> Option<Conn> {
+        let mut idle = self.idle[worker() % MAX_WORKERS].lock();
+        while let Some(c) = idle.pop() {
+            if c.sender.is_closed() || c.since.elapsed() > self.idle_timeout {
+                continue;
+            }
+            return Some(Conn {
+                sender: c.sender,
+                served: c.served,
+                reused: true,
+            });
+        }
+        None
+    }
+
+    /// Returns a connection whose exchange completed cleanly.
+    pub fn checkin(&self, sender: Sender, served: u64) {
+        if self.limits.size == 0
+            || served >= self.limits.requests
+            || sender.is_closed()
+            || self.idle_timeout.is_zero()
+        {
+            return;
+        }
+        let mut idle = self.idle[worker() % MAX_WORKERS].lock();
+        if idle.len() >= self.limits.size {
+            // Evict the least recently used one.
+            idle.remove(0);
+        }
+        idle.push(Idle {
+            sender,
+            since: Instant::now(),
+            served,
+        });
+    }
+
+    /// Number of idle connections (tests and metrics).
+    pub fn idle_len(&self) -> usize {
+        self.idle.iter().map(|l| l.lock().len()).sum()
+    }
+}
+
+/// Opens a new connection within `timeout`.
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, ConnectError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => return Err(ConnectError::Timeout),
+        Ok(Err(e)) => return Err(ConnectError::Failed(e.to_string())),
+        Ok(Ok(s)) => s,
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ConnectError::Failed(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(Conn {
+        sender,
+        served: 0,
+        reused: false,
+    })
+}
