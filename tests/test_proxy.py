@@ -1,0 +1,318 @@
+"""Proxy behaviour end to end: headers, streaming, keep-alive, failures, retries, balancing."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import time
+from collections import Counter
+
+import pytest
+from conftest import raw, request, route
+from origin import free_port
+
+
+def test_no_route_is_404_with_apisix_body(gateway, origin):
+    gw = gateway({"routes": [route("/only", origin.addr)]})
+    r = request(gw.url, "/elsewhere")
+    assert r.status == 404
+    assert r.body == b'{"error_msg":"404 Route Not Found"}\n'
+
+
+def test_proxies_method_path_query_and_body(gateway, origin):
+    gw = gateway({"routes": [route("/*", origin.addr)]})
+    r = request(gw.url, "/x/y?a=1&b=%20", method="POST", body=b"payload")
+    assert r.status == 200
+    echo = r.json()
+    assert echo["method"] == "POST"
+    assert echo["path"] == "/x/y?a=1&b=%20", "the request target must reach the origin as sent"
+    assert echo["body"] == "payload"
+    assert r.headers["server"].startswith("pygateway/")
+
+
+def test_forwarded_headers_set_and_client_xff_ignored_from_untrusted_peer(gateway, origin):
+    gw = gateway({"routes": [route("/*", origin.addr)]})
+    port = gw.addresses[0].rpartition(":")[2]
+    r = request(
+        gw.url,
+        "/",
+        headers={
+            "Host": "example.test",
+            "X-Forwarded-For": "6.6.6.6",
+            "X-Forwarded-Proto": "https",
+        },
+    )
+    h = r.json()["headers"]
+    assert h["x-forwarded-for"] == "127.0.0.1", "a client's own X-Forwarded-For must not be trusted"
+    assert h["x-real-ip"] == "127.0.0.1"
+    assert h["x-forwarded-proto"] == "http"
+    assert h["x-forwarded-host"] == "example.test"
+    assert h["x-forwarded-port"] == port
+
+
+def test_xff_appended_and_client_taken_from_trusted_proxy(gateway, origin):
+    gw = gateway({"routes": [route("/*", origin.addr)]}, trusted_addresses=["127.0.0.0/8"])
+    r = request(gw.url, "/", headers={"X-Forwarded-For": "1.2.3.4", "X-Forwarded-Proto": "https"})
+    h = r.json()["headers"]
+    assert h["x-forwarded-for"] == "1.2.3.4, 127.0.0.1"
+    assert h["x-real-ip"] == "1.2.3.4"
+    assert h["x-forwarded-proto"] == "https"
+
+
+def test_hop_by_hop_headers_removed_both_ways(gateway, origin):
+    gw = gateway({"routes": [route("/*", origin.addr)]})
+    r = request(
+        gw.url,
+        "/",
+        headers={
+            "Connection": "keep-alive, X-Drop-Me",
+            "X-Drop-Me": "secret",
+            "Keep-Alive": "timeout=1",
+            "TE": "trailers",
+            "Proxy-Authorization": "Basic eA==",
+            "X-Keep": "yes",
+        },
+    )
+    h = r.json()["headers"]
+    for name in ("x-drop-me", "keep-alive", "te", "proxy-authorization"):
+        assert name not in h, f"hop-by-hop header {name} reached the upstream"
+    assert h["x-keep"] == "yes"
+    assert "keep-alive" not in r.headers, "the upstream's Keep-Alive reached the client"
+
+
+@pytest.mark.parametrize(
+    ("pass_host", "extra", "expected"),
+    [
+        ("pass", {}, "client.test"),
+        ("node", {}, "127.0.0.1:{port}"),
+        ("rewrite", {"upstream_host": "rewritten.test"}, "rewritten.test"),
+    ],
+)
+def test_pass_host(gateway, origin, pass_host, extra, expected):
+    up = {"nodes": {origin.addr: 1}, "pass_host": pass_host, **extra}
+    gw = gateway({"routes": [{"uri": "/*", "upstream": up}]})
+    r = request(gw.url, "/", headers={"Host": "client.test"})
+    assert r.json()["headers"]["host"] == expected.format(port=origin.port)
+
+
+def test_response_body_streams_chunk_by_chunk(gateway, origin):
+    gw = gateway({"routes": [route("/*", origin.addr)]})
+    host, _, port = gw.addresses[0].rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"GET /stream/8 HTTP/1.1\r\nHost: t\r\n\r\n")
+        start = time.monotonic()
+        data = b""
+        first_at = None
+        while not data.endswith(b"0\r\n\r\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            if first_at is None and b"chunk 0" in data:
+                first_at = time.monotonic() - start
+        total = time.monotonic() - start
+    assert first_at is not None, data
+    assert first_at < total / 2, f"first chunk after {first_at:.2f}s of {total:.2f}s: buffered"
+    assert b"chunk 7" in data
+
+
+def test_request_body_streams_without_buffering(gateway, origin):
+    gw = gateway({"routes": [route("/*", origin.addr)]})
+    big = bytes(range(256)) * 8192  # 2 MiB
+
+    def body():
+        for i in range(0, len(big), 65536):
+            yield big[i : i + 65536]
+
+    host, _, port = gw.addresses[0].rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("POST", "/echo", body=body(), encode_chunked=True)
+    r = conn.getresponse()
+    echo = r.read()
+    conn.close()
+    import json
+
+    got = json.loads(echo)
+    assert got["headers"].get("transfer-encoding") == "chunked", "body was buffered into a length"
+    assert got["body"].encode("latin-1") == big
+
+
+def test_upstream_connections_are_reused(gateway, origin):
+    gw = gateway({"routes": [route("/*", origin.addr)]}, workers=1)
+    for _ in range(30):
+        assert request(gw.url, "/").status == 200
+    assert len(origin.connections) <= 2, f"{len(origin.connections)} upstream connections for 30"
+
+
+def test_upstream_connection_close_is_handled(gateway, origin):
+    gw = gateway({"routes": [route("/*", origin.addr)]}, workers=1)
+    for _ in range(5):
+        assert request(gw.url, "/close").status == 200
+        assert request(gw.url, "/").status == 200
+
+
+def test_connect_refused_is_502(gateway):
+    gw = gateway({"routes": [route("/*", f"127.0.0.1:{free_port()}")]})
+    r = request(gw.url, "/")
+    assert r.status == 502
+    assert b"502 Bad Gateway" in r.body
+
+
+def test_read_timeout_is_504(gateway, blackhole):
+    up = {"nodes": {blackhole.addr: 1}, "timeout": {"connect": 1, "send": 1, "read": 0.3}}
+    gw = gateway({"routes": [{"uri": "/*", "upstream": up}]})
+    t0 = time.monotonic()
+    r = request(gw.url, "/")
+    assert r.status == 504
+    assert time.monotonic() - t0 < 3
+
+
+def test_route_timeout_overrides_upstream_timeout(gateway, origin):
+    up = {"nodes": {origin.addr: 1}, "timeout": {"connect": 1, "send": 1, "read": 5}}
+    gw = gateway(
+        {
+            "routes": [
+                {
+                    "uri": "/sleep/*",
+                    "upstream": up,
+                    "timeout": {"connect": 1, "send": 1, "read": 0.2},
+                }
+            ]
+        }
+    )
+    assert request(gw.url, "/sleep/1").status == 504
+
+
+def test_reset_before_headers_is_502(gateway, origin):
+    gw = gateway({"routes": [route("/*", origin.addr)]})
+    assert request(gw.url, "/reset-before-headers").status == 502
+    assert request(gw.url, "/").status == 200, "the gateway must keep serving"
+
+
+def test_reset_mid_body_aborts_client_connection(gateway, origin):
+    gw = gateway({"routes": [route("/*", origin.addr)]})
+    host, _, port = gw.addresses[0].rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    conn.request("GET", "/reset-mid-body")
+    r = conn.getresponse()
+    assert r.status == 200
+    with pytest.raises(http.client.IncompleteRead):
+        r.read()
+    conn.close()
+
+
+def test_upstream_5xx_is_passed_with_status_header(gateway, origin):
+    gw = gateway({"routes": [route("/*", origin.addr)]})
+    r = request(gw.url, "/status/503")
+    assert r.status == 503
+    assert r.headers["x-apisix-upstream-status"] == "503"
+    assert "x-apisix-upstream-status" not in request(gw.url, "/status/404").headers
+
+
+def test_retry_moves_to_next_node(gateway, origin):
+    dead = f"127.0.0.1:{free_port()}"
+    gw = gateway({"routes": [route("/*", dead, origin.addr)]})
+    for _ in range(6):
+        assert request(gw.url, "/").status == 200, (
+            "default retries (nodes-1) must reach the live node"
+        )
+
+
+def test_retries_zero_disables_retry(gateway, origin):
+    dead = f"127.0.0.1:{free_port()}"
+    up = {"nodes": {dead: 1, origin.addr: 1}, "retries": 0}
+    gw = gateway({"routes": [{"uri": "/*", "upstream": up}]})
+    statuses = Counter(request(gw.url, "/").status for _ in range(6))
+    assert statuses[502] >= 2 and statuses[200] >= 2, statuses
+
+
+def test_bodyless_request_retried_after_reset(gateway, origin, origin_b):
+    # node a resets before headers on this path; b answers normally
+    gw = gateway({"routes": [route("/*", origin.addr, origin_b.addr)]})
+    for _ in range(4):
+        r = request(gw.url, "/reset-before-headers")
+        assert r.status in (200, 502)
+    # both nodes reset on that path: all tries fail → 502, never a hang
+    assert request(gw.url, "/reset-before-headers").status == 502
+
+
+def test_retry_timeout_stops_retries(gateway, blackhole, origin):
+    up = {
+        "nodes": {blackhole.addr: 100, origin.addr: 1},
+        "timeout": {"connect": 1, "send": 1, "read": 0.5},
+        "retry_timeout": 0.1,
+    }
+    gw = gateway({"routes": [{"uri": "/*", "upstream": up}]})
+    assert request(gw.url, "/").status == 504, "past retry_timeout the gateway must not retry"
+
+
+def test_weighted_round_robin(gateway, origin, origin_b):
+    up = {"nodes": {origin.addr: 3, origin_b.addr: 1}}
+    gw = gateway({"routes": [{"uri": "/*", "upstream": up}]})
+    seen = Counter(request(gw.url, "/").json()["origin"] for _ in range(40))
+    assert seen == Counter({"a": 30, "b": 10}), seen
+
+
+def test_node_array_form_and_priority_fallback(gateway, origin, origin_b):
+    dead = free_port()
+    up = {
+        "nodes": [
+            {"host": "127.0.0.1", "port": dead, "weight": 1, "priority": 10},
+            {"host": "127.0.0.1", "port": origin_b.port, "weight": 1, "priority": 0},
+        ]
+    }
+    gw = gateway({"routes": [{"uri": "/*", "upstream": up}]})
+    assert request(gw.url, "/").json()["origin"] == "b"
+
+
+def test_named_upstream_and_domain_node(gateway, origin):
+    gw = gateway(
+        {
+            "upstreams": [{"id": "u1", "nodes": {f"localhost:{origin.port}": 1}}],
+            "routes": [{"uri": "/*", "upstream_id": "u1"}],
+        }
+    )
+    assert request(gw.url, "/").status == 200
+
+
+def test_head_request(gateway, origin):
+    gw = gateway({"routes": [route("/*", origin.addr)]})
+    r = request(gw.url, "/", method="HEAD")
+    assert r.status == 200 and r.body == b""
+    assert request(gw.url, "/").status == 200
+
+
+@pytest.mark.parametrize(
+    ("payload", "status"),
+    [
+        (b"GARBAGE\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\n\r\n", b"400"),  # no Host on HTTP/1.1
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", b"400"),
+        (b"GET http://a/ HTTP/1.1\r\nHost: b\r\n\r\n", b"400"),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+            b"400",
+        ),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\nhello", b"400"),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", b"400"),
+        (b"GET /../../etc/passwd HTTP/1.1\r\nHost: a\r\n\r\n", b"400"),
+        (b"GET /a%00b HTTP/1.1\r\nHost: a\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"x" * 500_000 + b"\r\n\r\n", b"431"),
+    ],
+)
+def test_malformed_requests_get_4xx_and_gateway_survives(gateway, origin, payload, status):
+    gw = gateway({"routes": [route("/*", origin.addr)]})
+    reply = raw(gw.url, payload)
+    assert reply.startswith(b"HTTP/1.1 " + status), reply[:200]
+    assert request(gw.url, "/").status == 200
+
+
+def test_smuggled_request_behind_te_and_cl_is_not_a_second_request(gateway, origin):
+    gw = gateway({"routes": [route("/*", origin.addr)]})
+    smuggle = (
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
+    raw(gw.url, smuggle, timeout=2)
+    assert origin.requests <= 1, "a request hidden in the body reached the origin"
