@@ -71,7 +71,7 @@ def test_array_node_form_and_upstream_fields() -> None:
     s = snap("""
 upstreams:
   - id: u1
-    scheme: https
+    scheme: http
     retries: 2
     retry_timeout: 1.5
     timeout: {connect: 1, send: 2.5, read: 3}
@@ -88,8 +88,8 @@ routes:
     up = s.upstreams["upstreams/u1"]
     assert up["nodes"] == [
         {"host": "10.0.0.1", "port": 8443, "weight": 5, "priority": 1},
-        {"host": "10.0.0.2", "port": 443, "weight": 1, "priority": 0},
-        {"host": "[::1]", "port": 443, "weight": 1, "priority": 0},
+        {"host": "10.0.0.2", "port": 80, "weight": 1, "priority": 0},
+        {"host": "[::1]", "port": 80, "weight": 1, "priority": 0},
     ]
     assert up["retries"] == 2 and up["retry_timeout"] == 1.5
     assert up["timeout"] == {"connect": 1, "send": 2.5, "read": 3}

@@ -190,7 +190,7 @@ def test_upstream_fields() -> None:
         "timeout": {"connect": 1, "send": 2, "read": 3},
         "pass_host": "rewrite",
         "upstream_host": "b.com",
-        "scheme": "https",
+        "scheme": "http",
         "keepalive_pool": {"size": 10, "idle_timeout": 5, "requests": 100},
         "name": "n",
         "desc": "d",
@@ -214,9 +214,12 @@ def test_upstream_fields() -> None:
 
 def test_upstream_chash_and_unsupported() -> None:
     ok = {"nodes": {"a": 1}, "type": "chash", "hash_on": "header", "key": "X-User"}
-    assert check_upstream(ok, NO_PLUGINS) == []
-    p = only(check_upstream({"nodes": {"a": 1}, "type": "chash"}, NO_PLUGINS))
-    assert p.message == "missing key"
+    (w,) = check_upstream(ok, NO_PLUGINS)
+    assert w.warning and "not implemented yet" in w.message, "chash must warn, not pass silently"
+    probs = check_upstream({"nodes": {"a": 1}, "type": "chash"}, NO_PLUGINS)
+    assert [p.message for p in probs if not p.warning] == ["missing key"]
+    p = only(check_upstream({"nodes": {"a": 1}, "scheme": "https"}, NO_PLUGINS))
+    assert p.message == 'pygateway does not support upstream scheme "https"'
     p = only(check_upstream({"nodes": {"a": 1}, "scheme": "grpc"}, NO_PLUGINS))
     assert p.message == 'pygateway does not support upstream scheme "grpc"'
     p = only(check_upstream({"service_name": "a", "discovery_type": "dns"}, NO_PLUGINS))

@@ -202,6 +202,8 @@ class Gateway:
                 self._plane.apply(change_set_json(changes))
             self._snapshot = snapshot
             self._config = config
+        for warning in config.warnings:
+            log.warning("config: %s", warning)
 
     def _watch(self) -> None:
         path = self.node.routes

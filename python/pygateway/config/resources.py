@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 SUPPORTED_BALANCERS = ("roundrobin", "chash", "least_conn", "ewma")
-SUPPORTED_SCHEMES = ("http", "https")
+SUPPORTED_SCHEMES = ("http",)  # https upstreams: not in the data plane yet
 
 
 @dataclass(frozen=True)
@@ -152,6 +152,9 @@ def _upstream_extra(conf: dict[str, Any], base: str) -> list[Problem]:
         )
     if balancer == "chash":
         problems.extend(_chash(conf, at))
+    if balancer in SUPPORTED_BALANCERS and balancer != "roundrobin":
+        note = f'upstream type "{balancer}" is not implemented yet: nodes are used round robin'
+        problems.append(Problem(at("type"), note, note, warning=True))
     if "checks" in conf:
         problems.append(
             Problem(
