@@ -13,3 +13,6 @@ pub mod upstream;
 
 #[cfg(feature = "python")]
 mod py;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -30,12 +30,29 @@ pub struct RouteEntry {
 /// The `Server` header value.
 pub const SERVER: &str = concat!("pygateway/", env!("CARGO_PKG_VERSION"));
 
-/// Per-connection facts.
+/// Per-connection facts, with the header values derived from them made once.
 pub struct ConnInfo {
     /// TCP peer.
     pub peer: SocketAddr,
     /// Local (listener) address.
     pub local: SocketAddr,
+    /// The peer's IP as a header value.
+    peer_ip: HeaderValue,
+    /// The listener's port as a header value.
+    local_port: HeaderValue,
+}
+
+impl ConnInfo {
+    /// Facts of a new connection.
+    pub fn new(peer: SocketAddr, local: SocketAddr) -> Self {
+        ConnInfo {
+            peer,
+            local,
+            peer_ip: HeaderValue::from_str(&peer.ip().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("-")),
+            local_port: HeaderValue::from(local.port()),
+        }
+    }
 }
 
 /// Handles one request; never fails (errors become responses).
@@ -289,22 +306,22 @@ fn prepare_upstream_head(parts: &mut Parts, fwd: &Forward, conn: &ConnInfo, stat
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
     headers.remove(header::PROXY_AUTHORIZATION);
-    let client = fwd.client.to_string();
     let xff = match (trusted_peer, headers.get("x-forwarded-for")) {
         (true, Some(prev)) => {
             let mut v = prev.as_bytes().to_vec();
             v.extend_from_slice(b", ");
-            v.extend_from_slice(conn.peer.ip().to_string().as_bytes());
-            HeaderValue::from_bytes(&v).ok()
+            v.extend_from_slice(conn.peer_ip.as_bytes());
+            HeaderValue::from_bytes(&v).unwrap_or_else(|_| conn.peer_ip.clone())
         }
-        _ => HeaderValue::from_str(&conn.peer.ip().to_string()).ok(),
+        _ => conn.peer_ip.clone(),
     };
-    if let Some(v) = xff {
-        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&client) {
-        headers.insert(HeaderName::from_static("x-real-ip"), v);
-    }
+    headers.insert(HeaderName::from_static("x-forwarded-for"), xff);
+    let real_ip = if fwd.client == conn.peer.ip() {
+        conn.peer_ip.clone()
+    } else {
+        HeaderValue::from_str(&fwd.client.to_string()).unwrap_or_else(|_| conn.peer_ip.clone())
+    };
+    headers.insert(HeaderName::from_static("x-real-ip"), real_ip);
     let keep = |headers: &HeaderMap, name: &str| trusted_peer && headers.contains_key(name);
     if !keep(headers, "x-forwarded-proto") {
         headers.insert(
@@ -325,7 +342,7 @@ fn prepare_upstream_head(parts: &mut Parts, fwd: &Forward, conn: &ConnInfo, stat
     if !keep(headers, "x-forwarded-port") {
         headers.insert(
             HeaderName::from_static("x-forwarded-port"),
-            HeaderValue::from(conn.local.port()),
+            conn.local_port.clone(),
         );
     }
 }
