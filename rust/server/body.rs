@@ -10,56 +10,17 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
-use crate::upstream::pool::{Pool, Sender};
+use crate::upstream::h1::{BodyReader, Chunk};
+use crate::upstream::pool::Pool;
 
 /// Boxed error for body streams.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
-/// The request body sent upstream.
-pub enum ProxyBody {
-    /// No body.
-    Empty,
-    /// The client's body, streamed through.
-    Incoming(Incoming),
-}
-
-impl Body for ProxyBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            ProxyBody::Empty => Poll::Ready(None),
-            ProxyBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Empty => true,
-            ProxyBody::Incoming(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Empty => SizeHint::with_exact(0),
-            ProxyBody::Incoming(b) => b.size_hint(),
-        }
-    }
-}
-
 /// Where a finished upstream connection goes back to.
 pub struct PoolReturn {
-    /// The connection's sender.
-    pub sender: Sender,
     /// Its pool.
     pub pool: Arc<Pool>,
     /// Requests it has served, this one included.
@@ -69,7 +30,7 @@ pub struct PoolReturn {
 /// An upstream response body: returns its connection to the pool at the end, and fails
 /// (aborting the client connection) on an upstream error or a read timeout.
 pub struct UpstreamBody {
-    inner: Incoming,
+    reader: BodyReader,
     pool_return: Option<PoolReturn>,
     read_timeout: Duration,
     idle: Option<Pin<Box<Sleep>>>,
@@ -77,14 +38,14 @@ pub struct UpstreamBody {
 
 impl UpstreamBody {
     /// Wraps an upstream body.
-    pub fn new(inner: Incoming, pool_return: PoolReturn, read_timeout: Duration) -> Self {
+    pub fn new(reader: BodyReader, pool_return: PoolReturn, read_timeout: Duration) -> Self {
         let mut b = UpstreamBody {
-            inner,
+            reader,
             pool_return: Some(pool_return),
             read_timeout,
             idle: None,
         };
-        if b.inner.is_end_stream() {
+        if b.reader.is_done() {
             b.release();
         }
         b
@@ -92,7 +53,9 @@ impl UpstreamBody {
 
     fn release(&mut self) {
         if let Some(r) = self.pool_return.take() {
-            r.pool.checkin(r.sender, r.served);
+            if let Some(conn) = self.reader.take_reusable() {
+                r.pool.checkin(conn, r.served);
+            }
         }
     }
 }
@@ -118,21 +81,23 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
+        match this.reader.poll_chunk(cx) {
+            Poll::Ready(Ok(Chunk::Data(data))) => {
                 this.idle = None;
-                if this.inner.is_end_stream() {
+                if this.reader.is_done() {
                     this.release();
                 }
-                Poll::Ready(Some(Ok(frame)))
+                Poll::Ready(Some(Ok(Frame::data(data))))
             }
-            Poll::Ready(Some(Err(e))) => {
-                this.pool_return = None;
-                Poll::Ready(Some(Err(e.into())))
-            }
-            Poll::Ready(None) => {
-                this.release();
+            Poll::Ready(Ok(Chunk::End(conn))) => {
+                if let (Some(conn), Some(r)) = (conn, this.pool_return.take()) {
+                    r.pool.checkin(conn, r.served);
+                }
                 Poll::Ready(None)
+            }
+            Poll::Ready(Err(e)) => {
+                this.pool_return = None;
+                Poll::Ready(Some(Err(Box::new(e))))
             }
             Poll::Pending => {
                 let timeout = this.read_timeout;
@@ -151,11 +116,14 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.reader.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.reader.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
     }
 }
 
@@ -207,9 +175,4 @@ impl Body for ResponseBody {
             ResponseBody::Upstream(u) => u.size_hint(),
         }
     }
-}
-
-/// Reads and discards a body (used for bodies the gateway answers without forwarding).
-pub async fn drain(body: Incoming) {
-    let _ = body.collect().await;
 }

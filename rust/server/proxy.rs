@@ -10,10 +10,13 @@ use http::request::Parts;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Incoming};
 
-use super::body::{PoolReturn, ProxyBody, ResponseBody, UpstreamBody};
+use http_body_util::BodyExt;
+
+use super::body::{PoolReturn, ResponseBody, UpstreamBody};
 use super::request::{BadRequest, RequestView};
 use super::State;
 use crate::config::{PassHost, Timeouts};
+use crate::upstream::h1::{BodyReader, ExchangeError, Framing, ResponseHead};
 use crate::upstream::pool::{self, Conn, ConnectError};
 use crate::upstream::{Node, Upstream, UpstreamSlot};
 
@@ -92,10 +95,12 @@ struct Forward {
 
 /// How one upstream attempt failed.
 enum Failure {
-    /// Connect or exchange error before response headers → 502.
+    /// Connect or exchange error before response headers → 502; may be retried.
     Bad(String),
-    /// Connect or read timeout → 504.
+    /// Connect, send or read timeout → 504; may be retried.
     Timeout(String),
+    /// Failed after the client's body was (partly) sent: it cannot be sent again → 502.
+    Spent(String),
 }
 
 impl Forward {
@@ -120,33 +125,29 @@ impl Forward {
         }
         let timeouts = self.route.timeout.or(upstream.timeouts).unwrap_or_default();
         prepare_upstream_head(&mut parts, &self, conn, state);
-        let has_body = !body.is_end_stream();
-        let mut request = Some(Request::from_parts(
-            parts,
-            if has_body {
-                ProxyBody::Incoming(body)
-            } else {
-                ProxyBody::Empty
-            },
-        ));
+        let target = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".to_owned());
+        let mut body = (!body.is_end_stream()).then_some(body);
+        let chunked = body.is_some() && !parts.headers.contains_key(header::CONTENT_LENGTH);
         let deadline = upstream.retry_timeout.map(|t| Instant::now() + t);
         let mut tried: Vec<usize> = Vec::new();
         let mut last = Failure::Bad("no node tried".into());
-        while let Some(mut req) = request.take() {
-            let Some(idx) = upstream.balancer.pick(&tried) else {
-                break;
-            };
+        while let Some(idx) = upstream.balancer.pick(&tried) {
             tried.push(idx);
             let node = &upstream.nodes[idx];
-            set_upstream_host(&mut req, &upstream, node, self.host_header.as_ref());
-            // A bodyless request can be sent again after a failure; keep a copy of its head.
-            let tries_left = tried.len() <= upstream.retries as usize;
-            let spare = (!has_body && tries_left).then(|| clone_head(&req));
-            match exchange(node, req, &timeouts).await {
-                Ok((resp, conn)) => {
-                    return respond(resp, conn, node, &timeouts);
-                }
-                Err((failure, unsent)) => {
+            set_upstream_host(&mut parts, &upstream, node, self.host_header.as_ref());
+            let req = Outgoing {
+                method: &parts.method,
+                target: &target,
+                headers: &parts.headers,
+                chunked,
+            };
+            match exchange(node, &req, &mut body, &timeouts).await {
+                Ok((head, conn)) => return respond(head, conn, node, &timeouts),
+                Err(failure) => {
                     log::warn!(
                         "route {}: upstream {} node {}:{}: {}",
                         self.route.id,
@@ -154,31 +155,44 @@ impl Forward {
                         node.host,
                         node.port,
                         match &failure {
-                            Failure::Bad(m) | Failure::Timeout(m) => m,
+                            Failure::Bad(m) | Failure::Timeout(m) | Failure::Spent(m) => m,
                         }
                     );
+                    let spent = matches!(failure, Failure::Spent(_));
                     last = failure;
-                    if tries_left && deadline.is_none_or(|d| Instant::now() < d) {
-                        request = unsent.or(spare);
+                    let tries_left = tried.len() <= upstream.retries as usize;
+                    if spent || !tries_left || deadline.is_some_and(|d| Instant::now() >= d) {
+                        break;
                     }
                 }
             }
         }
         match last {
             Failure::Timeout(_) => html_error(StatusCode::GATEWAY_TIMEOUT),
-            Failure::Bad(_) => html_error(StatusCode::BAD_GATEWAY),
+            Failure::Bad(_) | Failure::Spent(_) => html_error(StatusCode::BAD_GATEWAY),
         }
     }
 }
 
-/// One try against one node. On failure, the request comes back if it was never sent.
+/// The request head as it goes upstream.
+struct Outgoing<'a> {
+    method: &'a http::Method,
+    target: &'a str,
+    headers: &'a HeaderMap,
+    chunked: bool,
+}
+
+/// One try against one node. The client body is taken only once it starts going out, so
+/// a failure before that leaves the request retryable.
 async fn exchange(
     node: &Node,
-    mut req: Request<ProxyBody>,
+    req: &Outgoing<'_>,
+    body: &mut Option<Incoming>,
     timeouts: &Timeouts,
-) -> Result<(Response<Incoming>, Conn), (Failure, Option<Request<ProxyBody>>)> {
-    // A pooled connection may have been closed by the upstream while idle: such a failure
-    // before the request was written is retried on a fresh connection, not counted as a try.
+) -> Result<(ResponseHead, Conn), Failure> {
+    // A pooled connection may have been closed by the upstream while idle: a failure on it
+    // before any response byte is retried once on a fresh connection when nothing of the
+    // body was consumed; it does not count as a try.
     let mut fresh_only = false;
     loop {
         let pooled = if fresh_only {
@@ -189,70 +203,126 @@ async fn exchange(
         let mut conn = match pooled {
             Some(c) => c,
             None => {
-                let addr = match node.resolve().await {
-                    Ok(a) => a,
-                    Err(e) => return Err((Failure::Bad(e), Some(req))),
-                };
+                let addr = node.resolve().await.map_err(Failure::Bad)?;
                 match pool::connect(addr, secs(timeouts.connect)).await {
                     Ok(c) => c,
                     Err(ConnectError::Timeout) => {
-                        return Err((Failure::Timeout("connect timed out".into()), Some(req)))
+                        return Err(Failure::Timeout("connect timed out".into()))
                     }
                     Err(ConnectError::Failed(e)) => {
-                        return Err((Failure::Bad(format!("connect failed: {e}")), Some(req)))
+                        return Err(Failure::Bad(format!("connect failed: {e}")))
                     }
                 }
             }
         };
-        if conn.reused && conn.sender.ready().await.is_err() {
-            continue;
-        }
-        let sent = conn.sender.try_send_request(req);
-        match tokio::time::timeout(secs(timeouts.read), sent).await {
-            Err(_) => return Err((Failure::Timeout("read timed out".into()), None)),
-            Ok(Ok(resp)) => return Ok((resp, conn)),
-            Ok(Err(mut e)) => match e.take_message() {
-                Some(back) if conn.reused => {
-                    req = back;
-                    fresh_only = true;
+        let send = secs(timeouts.send);
+        let sent_body = body.is_some();
+        let result = async {
+            timed(
+                send,
+                conn.conn
+                    .write_head(req.method, req.target, req.headers, req.chunked),
+            )
+            .await?;
+            if let Some(mut b) = body.take() {
+                while let Some(frame) = b.frame().await {
+                    let frame = frame.map_err(|e| SendFailure::Client(e.to_string()))?;
+                    if let Ok(data) = frame.into_data() {
+                        timed(send, conn.conn.write_body(&data, req.chunked)).await?;
+                    }
                 }
-                back => {
-                    return Err((Failure::Bad(e.into_error().to_string()), back));
+                if req.chunked {
+                    timed(send, conn.conn.finish_chunked()).await?;
                 }
-            },
+            }
+            match tokio::time::timeout(secs(timeouts.read), conn.conn.read_head(req.method)).await {
+                Err(_) => Err(SendFailure::Timeout("read timed out")),
+                Ok(Ok(head)) => Ok(head),
+                Ok(Err(ExchangeError::ClosedEarly)) => Err(SendFailure::Stale),
+                Ok(Err(e)) => Err(SendFailure::Upstream(e.to_string())),
+            }
         }
+        .await;
+        return match result {
+            Ok(head) => Ok((head, conn)),
+            Err(SendFailure::Stale) if conn.reused && !sent_body => {
+                fresh_only = true;
+                continue;
+            }
+            Err(SendFailure::Stale) if sent_body => {
+                Err(Failure::Spent("upstream closed the connection".into()))
+            }
+            Err(SendFailure::Stale) => Err(Failure::Bad("upstream closed the connection".into())),
+            Err(SendFailure::Timeout(m)) => Err(Failure::Timeout(m.into())),
+            Err(SendFailure::Client(m)) => Err(Failure::Spent(format!("client body: {m}"))),
+            Err(SendFailure::Upstream(m)) if sent_body => Err(Failure::Spent(m)),
+            Err(SendFailure::Upstream(m)) => Err(Failure::Bad(m)),
+        };
     }
 }
 
+/// Failures inside one exchange, before they are mapped to a [`Failure`].
+enum SendFailure {
+    /// Closed before any response byte.
+    Stale,
+    /// Send or read timeout.
+    Timeout(&'static str),
+    /// The client's body failed (client went away).
+    Client(String),
+    /// Any other upstream error.
+    Upstream(String),
+}
+
+async fn timed<F: std::future::Future<Output = std::io::Result<()>>>(
+    limit: Duration,
+    f: F,
+) -> Result<(), SendFailure> {
+    match tokio::time::timeout(limit, f).await {
+        Err(_) => Err(SendFailure::Timeout("send timed out")),
+        Ok(Err(e)) if is_closed(&e) => Err(SendFailure::Stale),
+        Ok(Err(e)) => Err(SendFailure::Upstream(e.to_string())),
+        Ok(Ok(())) => Ok(()),
+    }
+}
+
+fn is_closed(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), BrokenPipe | ConnectionReset | ConnectionAborted)
+}
+
 fn respond(
-    resp: Response<Incoming>,
+    head: ResponseHead,
     conn: Conn,
     node: &Node,
     timeouts: &Timeouts,
 ) -> Response<ResponseBody> {
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    let status = parts.status;
-    parts
-        .headers
-        .insert(header::SERVER, HeaderValue::from_static(SERVER));
+    let mut headers = head.headers;
+    strip_hop_by_hop(&mut headers);
+    if matches!(head.framing, Framing::Chunked | Framing::Close) {
+        // The length (if any) is not what the body will be: the client gets chunked.
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    let status = head.status;
+    headers.insert(header::SERVER, HeaderValue::from_static(SERVER));
     if status.is_server_error() {
-        parts.headers.insert(
+        headers.insert(
             HeaderName::from_static("x-apisix-upstream-status"),
             HeaderValue::from(status.as_u16()),
         );
     }
-    parts.version = Version::HTTP_11;
+    let reader = BodyReader::new(conn.conn, head.framing, head.reusable);
     let body = UpstreamBody::new(
-        body,
+        reader,
         PoolReturn {
-            sender: conn.sender,
             pool: node.pool.clone(),
             served: conn.served + 1,
         },
         secs(timeouts.read),
     );
-    Response::from_parts(parts, ResponseBody::Upstream(body))
+    let mut r = Response::new(ResponseBody::Upstream(body));
+    *r.status_mut() = status;
+    *r.headers_mut() = headers;
+    r
 }
 
 fn secs(s: f64) -> Duration {
@@ -273,6 +343,10 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names beats nine hashed removals.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -306,6 +380,8 @@ fn prepare_upstream_head(parts: &mut Parts, fwd: &Forward, conn: &ConnInfo, stat
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
     headers.remove(header::PROXY_AUTHORIZATION);
+    // The gateway answers `Expect: 100-continue` itself (hyper does, when the body is read).
+    headers.remove(header::EXPECT);
     let xff = match (trusted_peer, headers.get("x-forwarded-for")) {
         (true, Some(prev)) => {
             let mut v = prev.as_bytes().to_vec();
@@ -348,34 +424,20 @@ fn prepare_upstream_head(parts: &mut Parts, fwd: &Forward, conn: &ConnInfo, stat
 }
 
 fn set_upstream_host(
-    req: &mut Request<ProxyBody>,
+    parts: &mut Parts,
     up: &Upstream,
     node: &Node,
     client_host: Option<&HeaderValue>,
 ) {
     let host = match up.pass_host {
         PassHost::Pass => client_host.cloned(),
-        PassHost::Node => Some(node.host_header.clone()),
+        PassHost::Node => None,
         PassHost::Rewrite => up.upstream_host.clone(),
     };
-    match host {
-        Some(h) => {
-            req.headers_mut().insert(header::HOST, h);
-        }
-        None => {
-            req.headers_mut()
-                .insert(header::HOST, node.host_header.clone());
-        }
-    }
-}
-
-fn clone_head(req: &Request<ProxyBody>) -> Request<ProxyBody> {
-    let mut r = Request::new(ProxyBody::Empty);
-    *r.method_mut() = req.method().clone();
-    *r.uri_mut() = req.uri().clone();
-    *r.version_mut() = req.version();
-    *r.headers_mut() = req.headers().clone();
-    r
+    parts.headers.insert(
+        header::HOST,
+        host.unwrap_or_else(|| node.host_header.clone()),
+    );
 }
 
 /// `{"error_msg": ...}` with APISIX's trailing newline.

@@ -1,6 +1,7 @@
 //! Upstreams: nodes, balancer, keep-alive pools, and the registry routes point into.
 
 pub mod balancer;
+pub mod h1;
 pub mod pool;
 
 use std::collections::HashMap;

@@ -7,16 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
+use super::h1::H1Conn;
 use crate::config::KeepalivePool;
-use crate::server::body::ProxyBody;
-
-/// A sender for requests on one upstream connection.
-pub type Sender = http1::SendRequest<ProxyBody>;
 
 thread_local! {
     static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
@@ -36,15 +31,15 @@ fn worker() -> usize {
 const MAX_WORKERS: usize = 64;
 
 struct Idle {
-    sender: Sender,
+    conn: H1Conn,
     since: Instant,
     served: u64,
 }
 
 /// A connection checked out of (or new for) a pool.
 pub struct Conn {
-    /// The request sender.
-    pub sender: Sender,
+    /// The connection.
+    pub conn: H1Conn,
     /// Requests served before this one.
     pub served: u64,
     /// Whether it came from the pool (a failure on it may be a stale keep-alive).
@@ -81,11 +76,11 @@ impl Pool {
     pub fn checkout(&self) -> Option<Conn> {
         let mut idle = self.idle[worker() % MAX_WORKERS].lock();
         while let Some(c) = idle.pop() {
-            if c.sender.is_closed() || c.since.elapsed() > self.idle_timeout {
+            if !c.conn.looks_idle() || c.since.elapsed() > self.idle_timeout {
                 continue;
             }
             return Some(Conn {
-                sender: c.sender,
+                conn: c.conn,
                 served: c.served,
                 reused: true,
             });
@@ -94,12 +89,8 @@ impl Pool {
     }
 
     /// Returns a connection whose exchange completed cleanly.
-    pub fn checkin(&self, sender: Sender, served: u64) {
-        if self.limits.size == 0
-            || served >= self.limits.requests
-            || sender.is_closed()
-            || self.idle_timeout.is_zero()
-        {
+    pub fn checkin(&self, conn: H1Conn, served: u64) {
+        if self.limits.size == 0 || served >= self.limits.requests || self.idle_timeout.is_zero() {
             return;
         }
         let mut idle = self.idle[worker() % MAX_WORKERS].lock();
@@ -108,7 +99,7 @@ impl Pool {
             idle.remove(0);
         }
         idle.push(Idle {
-            sender,
+            conn,
             since: Instant::now(),
             served,
         });
@@ -128,15 +119,8 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, Connec
         Ok(Ok(s)) => s,
     };
     let _ = stream.set_nodelay(true);
-    let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| ConnectError::Failed(e.to_string()))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
     Ok(Conn {
-        sender,
+        conn: H1Conn::new(stream),
         served: 0,
         reused: false,
     })
