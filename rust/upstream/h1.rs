@@ -10,7 +10,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
@@ -200,17 +200,41 @@ impl H1Conn {
         } else {
             Version::HTTP_11
         };
-        let mut headers = HeaderMap::with_capacity(resp.headers.len());
-        for h in resp.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| ExchangeError::Malformed("invalid header name"))?;
-            let value = HeaderValue::from_bytes(h.value)
-                .map_err(|_| ExchangeError::Malformed("invalid header value"))?;
-            headers.append(name, value);
+        // Offsets of each name and value, so the values can share the head's buffer.
+        let base = self.buf.as_ptr() as usize;
+        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+        let count = resp.headers.len();
+        for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+            let n = h.name.as_ptr() as usize - base;
+            let v = h.value.as_ptr() as usize - base;
+            *span = (n, n + h.name.len(), v, v + h.value.len());
         }
-        self.buf.advance(len);
-        let (framing, mut reusable) = framing(method, status, &headers)?;
-        reusable &= keep_alive(version, &headers);
+        let raw = self.buf.split_to(len).freeze();
+        // Hop-by-hop headers are left out here, after Transfer-Encoding and Connection have
+        // been kept aside for framing.
+        let mut headers = HeaderMap::with_capacity(count);
+        let mut te: Vec<HeaderValue> = Vec::new();
+        let mut connection: Vec<HeaderValue> = Vec::new();
+        for &(ns, ne, vs, ve) in &spans[..count] {
+            let name = HeaderName::from_bytes(&raw[ns..ne])
+                .map_err(|_| ExchangeError::Malformed("invalid header name"))?;
+            let value = HeaderValue::from_maybe_shared(raw.slice(vs..ve))
+                .map_err(|_| ExchangeError::Malformed("invalid header value"))?;
+            if name == header::TRANSFER_ENCODING {
+                te.push(value);
+            } else if name == header::CONNECTION {
+                connection.push(value);
+            } else if !is_hop_by_hop(&name) {
+                headers.append(name, value);
+            }
+        }
+        let (framing, mut reusable) = framing(method, status, &te, &headers)?;
+        reusable &= keep_alive(version, &connection);
+        for token in tokens(&connection) {
+            if let Ok(named) = HeaderName::from_bytes(token.as_bytes()) {
+                headers.remove(named);
+            }
+        }
         Ok(Some(ResponseHead {
             status,
             headers,
@@ -218,6 +242,24 @@ impl H1Conn {
             reusable,
         }))
     }
+}
+
+/// Headers about one connection only (RFC 9110 §7.6.1), besides those `Connection` names.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "keep-alive" | "proxy-connection" | "te" | "upgrade" | "trailer" | "proxy-authenticate"
+    )
+}
+
+/// The tokens of `Connection` header values.
+fn tokens(values: &[HeaderValue]) -> impl Iterator<Item = &str> {
+    values
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 async fn read_some(io: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
@@ -250,6 +292,7 @@ fn poll_read_some(
 fn framing(
     method: &Method,
     status: StatusCode,
+    te: &[HeaderValue],
     headers: &HeaderMap,
 ) -> Result<(Framing, bool), ExchangeError> {
     if method == Method::HEAD
@@ -259,14 +302,10 @@ fn framing(
     {
         return Ok((Framing::Empty, true));
     }
-    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
-    if te.peek().is_some() {
-        let last = te
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|c| !c.is_empty());
-        let chunked = last.is_some_and(|c| c.eq_ignore_ascii_case("chunked"));
+    if !te.is_empty() {
+        let chunked = tokens(te)
+            .last()
+            .is_some_and(|c| c.eq_ignore_ascii_case("chunked"));
         // TE with Content-Length is a smuggling smell: honour TE, never reuse.
         let reusable = !headers.contains_key(header::CONTENT_LENGTH);
         return Ok(if chunked {
@@ -299,15 +338,8 @@ fn framing(
     })
 }
 
-fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
-    let has = |token: &str| {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
+fn keep_alive(version: Version, connection: &[HeaderValue]) -> bool {
+    let has = |token: &str| tokens(connection).any(|t| t.eq_ignore_ascii_case(token));
     if version == Version::HTTP_10 {
         has("keep-alive")
     } else {
@@ -516,11 +548,26 @@ mod tests {
         h
     }
 
+    fn split(pairs: &[(&str, &str)]) -> (Vec<HeaderValue>, HeaderMap) {
+        let all = headers(pairs);
+        let te = all
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .cloned()
+            .collect();
+        let mut rest = all;
+        rest.remove(header::TRANSFER_ENCODING);
+        (te, rest)
+    }
+
     #[test]
     fn framing_follows_rfc9112() {
         let get = Method::GET;
         let ok = StatusCode::OK;
-        let f = |h: &[(&str, &str)]| framing(&get, ok, &headers(h));
+        let f = |h: &[(&str, &str)]| {
+            let (te, rest) = split(h);
+            framing(&get, ok, &te, &rest)
+        };
         assert_eq!(
             f(&[("content-length", "5")]).unwrap(),
             (Framing::Length(5), true)
@@ -546,28 +593,24 @@ mod tests {
             (Framing::Close, false)
         );
         assert_eq!(f(&[]).unwrap(), (Framing::Close, false));
+        let (te, rest) = split(&[("content-length", "5")]);
         assert_eq!(
-            framing(&Method::HEAD, ok, &headers(&[("content-length", "5")])).unwrap(),
+            framing(&Method::HEAD, ok, &te, &rest).unwrap(),
             (Framing::Empty, true)
         );
         assert_eq!(
-            framing(&get, StatusCode::NOT_MODIFIED, &headers(&[])).unwrap(),
+            framing(&get, StatusCode::NOT_MODIFIED, &[], &HeaderMap::new()).unwrap(),
             (Framing::Empty, true)
         );
     }
 
     #[test]
     fn keep_alive_rules() {
-        assert!(keep_alive(Version::HTTP_11, &headers(&[])));
-        assert!(!keep_alive(
-            Version::HTTP_11,
-            &headers(&[("connection", "Close")])
-        ));
-        assert!(!keep_alive(Version::HTTP_10, &headers(&[])));
-        assert!(keep_alive(
-            Version::HTTP_10,
-            &headers(&[("connection", "keep-alive")])
-        ));
+        let v = |s: &str| vec![HeaderValue::from_str(s).unwrap()];
+        assert!(keep_alive(Version::HTTP_11, &[]));
+        assert!(!keep_alive(Version::HTTP_11, &v("Close")));
+        assert!(!keep_alive(Version::HTTP_10, &[]));
+        assert!(keep_alive(Version::HTTP_10, &v("keep-alive")));
     }
 
     #[test]
