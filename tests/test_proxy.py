@@ -316,3 +316,15 @@ def test_smuggled_request_behind_te_and_cl_is_not_a_second_request(gateway, orig
     )
     raw(gw.url, smuggle, timeout=2)
     assert origin.requests <= 1, "a request hidden in the body reached the origin"
+
+
+def test_stop_closes_idle_keepalive_connections_without_waiting_for_drain(gateway, origin):
+    gw = gateway({"routes": [route("/*", origin.addr)]})
+    host, _, port = gw.addresses[0].rpartition(":")
+    idle = http.client.HTTPConnection(host, int(port), timeout=5)
+    idle.request("GET", "/")
+    assert idle.getresponse().read()
+    t0 = time.monotonic()
+    gw.stop(drain_timeout=10)
+    assert time.monotonic() - t0 < 2, "an idle keep-alive connection held the drain"
+    idle.close()

@@ -9,11 +9,11 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::body::ResponseBody;
+use super::drain::Drain;
 
 async fn answer(
     req: Request<Incoming>,
@@ -43,7 +43,7 @@ async fn answer(
 
 /// Serves the demo origin until shutdown.
 pub async fn serve(listener: TcpListener, mut shutdown: watch::Receiver<Option<Duration>>) {
-    let graceful = GracefulShutdown::new();
+    let graceful = Drain::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {

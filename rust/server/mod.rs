@@ -2,6 +2,7 @@
 
 pub mod body;
 pub mod demo;
+pub mod drain;
 pub mod proxy;
 pub mod request;
 
@@ -12,7 +13,6 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -21,6 +21,7 @@ use crate::config::ChangeSet;
 use crate::router::ipmatch::IpMatcher;
 use crate::router::{PathMode, RouteSpec, Router};
 use crate::upstream::{Registry, Upstream};
+use drain::Drain;
 use proxy::{ConnInfo, RouteEntry};
 
 /// Node settings the data plane needs.
@@ -289,7 +290,7 @@ async fn serve(
     header_read_timeout: Duration,
 ) {
     let local = listener.local_addr().ok();
-    let graceful = GracefulShutdown::new();
+    let graceful = Drain::new();
     let drain = loop {
         tokio::select! {
             accepted = listener.accept() => {
