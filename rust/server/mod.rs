@@ -310,6 +310,7 @@ async fn serve(
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(header_read_timeout)
+                    .writev(false)
                     .serve_connection(TokioIo::new(stream), svc);
                 let watched = graceful.watch(conn);
                 tokio::spawn(async move {
