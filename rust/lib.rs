@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod logging;
+pub mod pipeline;
 pub mod router;
 pub mod server;
 pub mod upstream;

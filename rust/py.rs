@@ -2,11 +2,13 @@
 
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 
 use crate::config::ChangeSet;
+use crate::pipeline::{Changes, Job, Outcome, Phase};
 use crate::router::PathMode;
 use crate::server::{Gateway, GatewayError, Settings};
 
@@ -108,6 +110,197 @@ impl PyDataPlane {
     fn route_count(&self) -> usize {
         self.inner.route_count()
     }
+
+    /// The descriptor the plugin runner's event loop watches for queued jobs.
+    #[getter]
+    fn plugin_fd(&self) -> i32 {
+        self.inner.bridge().wake_fd()
+    }
+
+    /// Every queued plugin job (call when `plugin_fd` is readable).
+    fn take_jobs(&self) -> Vec<PyJob> {
+        self.inner
+            .bridge()
+            .take_all()
+            .into_iter()
+            .map(|job| PyJob {
+                phase: job.phase,
+                reply: Mutex::new(job.reply),
+                job: Job { reply: None, ..job },
+            })
+            .collect()
+    }
+}
+
+/// One plugin crossing of one request. Request data is read from Rust on demand.
+#[pyclass(frozen, module = "pygateway._core", name = "Job")]
+struct PyJob {
+    phase: Phase,
+    job: Job,
+    reply: Mutex<Option<tokio::sync::oneshot::Sender<Outcome>>>,
+}
+
+fn pairs(h: &http::HeaderMap) -> Vec<(String, String)> {
+    h.iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+impl PyJob {
+    fn complete(&self, outcome: Outcome) -> PyResult<()> {
+        let tx = self
+            .reply
+            .lock()
+            .take()
+            .ok_or_else(|| CoreError::new_err("this job was already completed"))?;
+        // The request may be gone (client closed): nothing to do then.
+        let _ = tx.send(outcome);
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl PyJob {
+    /// "request", "header_filter" or "log".
+    #[getter]
+    fn phase(&self) -> &'static str {
+        self.phase.name()
+    }
+    #[getter]
+    fn request_id(&self) -> u64 {
+        self.job.request.id
+    }
+    #[getter]
+    fn route_id(&self) -> &str {
+        &self.job.request.route_id
+    }
+    #[getter]
+    fn method(&self) -> &str {
+        self.job.request.method.as_str()
+    }
+    /// The request target as received (path and query).
+    #[getter]
+    fn request_uri(&self) -> String {
+        self.job
+            .request
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".to_owned())
+    }
+    /// The canonical path.
+    #[getter]
+    fn path(&self) -> &str {
+        &self.job.request.path
+    }
+    #[getter]
+    fn query(&self) -> Option<&str> {
+        self.job.request.uri.query()
+    }
+    #[getter]
+    fn host(&self) -> &str {
+        &self.job.request.host
+    }
+    #[getter]
+    fn remote_addr(&self) -> String {
+        self.job.request.client.to_string()
+    }
+    #[getter]
+    fn remote_port(&self) -> u16 {
+        self.job.request.peer.port()
+    }
+    #[getter]
+    fn server_addr(&self) -> String {
+        self.job.request.local.ip().to_string()
+    }
+    #[getter]
+    fn server_port(&self) -> u16 {
+        self.job.request.local.port()
+    }
+    /// First value of a request header, or None.
+    fn header(&self, name: &str) -> Option<String> {
+        self.job
+            .request
+            .headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    }
+    /// All request headers as (lower-case name, value) pairs.
+    fn headers(&self) -> Vec<(String, String)> {
+        pairs(&self.job.request.headers)
+    }
+    /// Captured path parameters.
+    fn params(&self) -> Vec<(String, String)> {
+        self.job.request.params.clone()
+    }
+    /// The response status (header_filter, log).
+    #[getter]
+    fn status(&self) -> Option<u16> {
+        self.job.response.as_ref().map(|r| r.status.as_u16())
+    }
+    /// The response headers (header_filter, log).
+    fn response_headers(&self) -> Vec<(String, String)> {
+        self.job
+            .response
+            .as_ref()
+            .map(|r| pairs(&r.headers))
+            .unwrap_or_default()
+    }
+    /// Request phases: continue to the upstream with these changes.
+    #[pyo3(signature = (set_headers = Vec::new(), remove_headers = Vec::new(), uri = None, method = None, host = None, debug = None))]
+    fn proceed(
+        &self,
+        set_headers: Vec<(String, String)>,
+        remove_headers: Vec<String>,
+        uri: Option<String>,
+        method: Option<String>,
+        host: Option<String>,
+        debug: Option<String>,
+    ) -> PyResult<()> {
+        self.complete(Outcome::Continue(Changes {
+            set_headers,
+            remove_headers,
+            uri,
+            method,
+            host,
+            debug,
+        }))
+    }
+    /// Request phases: answer the client now.
+    #[pyo3(signature = (status, headers, body, debug = None))]
+    fn respond(
+        &self,
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        debug: Option<String>,
+    ) -> PyResult<()> {
+        self.complete(Outcome::Respond {
+            status,
+            headers,
+            body: body.into(),
+            debug,
+        })
+    }
+    /// header_filter: the status and complete header list to send.
+    #[pyo3(signature = (status, headers, debug = None))]
+    fn send_head(
+        &self,
+        status: u16,
+        headers: Vec<(String, String)>,
+        debug: Option<String>,
+    ) -> PyResult<()> {
+        self.complete(Outcome::Response {
+            status,
+            headers,
+            debug,
+        })
+    }
 }
 
 /// Sets the data plane's log level on stderr.
@@ -119,6 +312,7 @@ fn set_log_level(level: &str) -> PyResult<()> {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyDataPlane>()?;
+    m.add_class::<PyJob>()?;
     m.add_function(wrap_pyfunction!(set_log_level, m)?)?;
     m.add("CoreError", m.py().get_type::<CoreError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -85,6 +85,9 @@ pub struct CompiledRoute {
     /// Merged plugin confs (consumed by the plugin pipeline).
     #[serde(default)]
     pub plugins: serde_json::Map<String, serde_json::Value>,
+    /// Plugin phases the route's plugins (and global rules) implement; empty: no Python.
+    #[serde(default)]
+    pub phases: Vec<String>,
 }
 
 /// One upstream node.

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
+use crate::pipeline::{Bridge, Job};
 use crate::upstream::h1::{BodyReader, Chunk};
 use crate::upstream::pool::Pool;
 
@@ -34,6 +35,7 @@ pub struct UpstreamBody {
     pool_return: Option<PoolReturn>,
     read_timeout: Duration,
     idle: Option<Pin<Box<Sleep>>>,
+    log: Option<Box<(Arc<Bridge>, Job)>>,
 }
 
 impl UpstreamBody {
@@ -44,6 +46,7 @@ impl UpstreamBody {
             pool_return: Some(pool_return),
             read_timeout,
             idle: None,
+            log: None,
         };
         if b.reader.is_done() {
             b.release();
@@ -51,11 +54,25 @@ impl UpstreamBody {
         b
     }
 
+    /// Runs the log phase when this body ends, however it ends.
+    pub fn on_end(&mut self, bridge: Arc<Bridge>, job: Job) {
+        self.log = Some(Box::new((bridge, job)));
+    }
+
     fn release(&mut self) {
         if let Some(r) = self.pool_return.take() {
             if let Some(conn) = self.reader.take_reusable() {
                 r.pool.checkin(conn, r.served);
             }
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if let Some(log) = self.log.take() {
+            let (bridge, job) = *log;
+            bridge.submit(job);
         }
     }
 }

@@ -3,6 +3,7 @@
 pub mod body;
 pub mod demo;
 pub mod drain;
+pub mod plugins;
 pub mod proxy;
 pub mod request;
 
@@ -18,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::ChangeSet;
+use crate::pipeline::Bridge;
 use crate::router::ipmatch::IpMatcher;
 use crate::router::{PathMode, RouteSpec, Router};
 use crate::upstream::{Registry, Upstream};
@@ -49,6 +51,8 @@ pub struct State {
     pub upstreams: Registry,
     /// Trusted proxies.
     pub trusted: IpMatcher,
+    /// The queue to the Python plugin runner.
+    pub bridge: Arc<Bridge>,
 }
 
 struct Running {
@@ -94,6 +98,9 @@ impl Gateway {
                 router: Router::new(settings.path_mode),
                 upstreams: Registry::default(),
                 trusted,
+                bridge: Arc::new(
+                    Bridge::new().map_err(|e| GatewayError(format!("plugin bridge: {e}")))?,
+                ),
             }),
             settings,
             running: Mutex::new(None),
@@ -117,6 +124,7 @@ impl Gateway {
                     id: Arc::from(r.id.as_str()),
                     upstream: r.upstream.as_deref().map(|k| self.state.upstreams.slot(k)),
                     timeout: r.timeout,
+                    phases: plugins::phase_bits(&r.phases),
                 };
                 let spec = RouteSpec {
                     id: r.id,
@@ -142,6 +150,11 @@ impl Gateway {
             self.state.upstreams.remove(key);
         }
         Ok(())
+    }
+
+    /// The plugin bridge (the Python runner takes its jobs).
+    pub fn bridge(&self) -> &Arc<Bridge> {
+        &self.state.bridge
     }
 
     /// Number of routes served.

@@ -13,9 +13,11 @@ use hyper::body::{Body, Incoming};
 use http_body_util::BodyExt;
 
 use super::body::{PoolReturn, ResponseBody, UpstreamBody};
+use super::plugins;
 use super::request::{BadRequest, RequestView};
 use super::State;
 use crate::config::{PassHost, Timeouts};
+use crate::pipeline::{Changes, Outcome, Phase, ResponseData};
 use crate::upstream::h1::{BodyReader, ExchangeError, Framing, ResponseHead};
 use crate::upstream::pool::{self, Conn, ConnectError};
 use crate::upstream::{Node, Upstream, UpstreamSlot};
@@ -28,6 +30,9 @@ pub struct RouteEntry {
     pub upstream: Option<Arc<UpstreamSlot>>,
     /// Route-level timeouts.
     pub timeout: Option<Timeouts>,
+    /// Python plugin crossings this route needs (`plugins::REQUEST | HEADER | LOG`);
+    /// 0 means the request never touches Python.
+    pub phases: u8,
 }
 
 /// The `Server` header value.
@@ -64,8 +69,8 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
-    let (parts, body) = req.into_parts();
-    let routed = {
+    let (mut parts, body) = req.into_parts();
+    let (routed, request) = {
         let view = match RequestView::new(&parts, conn.peer, conn.local, &state.trusted) {
             Ok(v) => v,
             Err(e) => return Ok(bad_request(e)),
@@ -73,7 +78,9 @@ pub async fn handle(
         let Some(m) = state.router.matches(&view) else {
             return Ok(json_error(StatusCode::NOT_FOUND, "404 Route Not Found"));
         };
-        Forward {
+        let request = (m.payload.phases != 0)
+            .then(|| plugins::request_data(&state.bridge, &parts, &view, &m));
+        let fwd = Forward {
             client: view.client,
             host_header: parts.headers.get(header::HOST).cloned().or_else(|| {
                 parts
@@ -82,9 +89,78 @@ pub async fn handle(
                     .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             }),
             route: m.payload,
-        }
+        };
+        (fwd, request)
     };
-    Ok(routed.proxy(&state, &conn, parts, body).await)
+    let Some(request) = request else {
+        return Ok(routed.proxy(&state, &conn, parts, body, None).await);
+    };
+    // The route has Python plugins: at most one crossing per phase.
+    let phases = routed.route.phases;
+    let mut debug = None;
+    let mut changes = None;
+    if phases & plugins::REQUEST != 0 {
+        match plugins::cross(&state.bridge, Phase::Request, &request, None).await {
+            Some(Outcome::Continue(c)) => {
+                debug = c.debug.clone();
+                changes = Some(c);
+            }
+            Some(Outcome::Respond {
+                status,
+                headers,
+                body: payload,
+                debug: d,
+            }) => {
+                let mut resp = plugins::response(status, headers, payload);
+                plugins::set_debug(&mut resp, d.as_deref());
+                if phases & plugins::LOG != 0 {
+                    plugins::log_after(&state.bridge, &request, &mut resp);
+                }
+                return Ok(resp);
+            }
+            _ => {
+                return Ok(json_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error",
+                ))
+            }
+        }
+    }
+    if let Some(c) = &changes {
+        plugins::apply(&mut parts, c);
+    }
+    let mut routed = routed;
+    if let Some(host) = changes.as_ref().and_then(|c| c.host.as_deref()) {
+        routed.host_header = HeaderValue::from_str(host).ok();
+    }
+    let mut resp = routed.proxy(&state, &conn, parts, body, changes).await;
+    if phases & plugins::HEADER != 0 {
+        let seen = ResponseData {
+            status: resp.status(),
+            headers: resp.headers().clone(),
+        };
+        match plugins::cross(&state.bridge, Phase::Header, &request, Some(seen)).await {
+            Some(Outcome::Response {
+                status,
+                headers,
+                debug: d,
+            }) => {
+                plugins::replace_head(&mut resp, status, headers);
+                debug = d.or(debug);
+            }
+            _ => {
+                return Ok(json_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error",
+                ))
+            }
+        }
+    }
+    plugins::set_debug(&mut resp, debug.as_deref());
+    if phases & plugins::LOG != 0 {
+        plugins::log_after(&state.bridge, &request, &mut resp);
+    }
+    Ok(resp)
 }
 
 struct Forward {
@@ -110,6 +186,7 @@ impl Forward {
         conn: &ConnInfo,
         mut parts: Parts,
         body: Incoming,
+        changes: Option<Changes>,
     ) -> Response<ResponseBody> {
         let Some(upstream) = self.route.upstream.as_ref().and_then(|s| s.load_full()) else {
             log::warn!("route {}: no upstream", self.route.id);
@@ -125,6 +202,9 @@ impl Forward {
         }
         let timeouts = self.route.timeout.or(upstream.timeouts).unwrap_or_default();
         prepare_upstream_head(&mut parts, &self, conn, state);
+        if let Some(c) = &changes {
+            plugins::apply_headers(&mut parts.headers, c);
+        }
         let target = parts
             .uri
             .path_and_query()

@@ -1,0 +1,246 @@
+//! The bridge to Python plugins: data-plane threads hand phase jobs to the Python runner
+//! thread without ever taking the GIL.
+//!
+//! A job goes into a queue; if the runner may be asleep, one byte goes down a socket pair
+//! whose other end the runner's asyncio loop watches. The runner takes every queued job in
+//! one GIL section, runs the phase, and completes the job, which wakes the waiting request
+//! task through a oneshot channel. Under load many jobs share one wake-up.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode, Uri};
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+/// Which crossing a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// rewrite, access and before_proxy, in one crossing.
+    Request,
+    /// header_filter, once the upstream response head is known.
+    Header,
+    /// log, after the response; nobody waits for it.
+    Log,
+}
+
+impl Phase {
+    /// The phase name Python sees.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Request => "request",
+            Phase::Header => "header_filter",
+            Phase::Log => "log",
+        }
+    }
+}
+
+/// The request as plugins see it; shared by all phases of one request.
+pub struct RequestData {
+    /// Unique per request within this process.
+    pub id: u64,
+    /// Method as received.
+    pub method: Method,
+    /// Target as received.
+    pub uri: Uri,
+    /// Canonical path.
+    pub path: String,
+    /// Headers as received.
+    pub headers: HeaderMap,
+    /// Routing host.
+    pub host: String,
+    /// Client address.
+    pub client: IpAddr,
+    /// TCP peer.
+    pub peer: SocketAddr,
+    /// Listener address.
+    pub local: SocketAddr,
+    /// Matched route.
+    pub route_id: Arc<str>,
+    /// Captured path parameters.
+    pub params: Vec<(String, String)>,
+}
+
+/// The response as `header_filter` and `log` see it.
+#[derive(Clone)]
+pub struct ResponseData {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+}
+
+/// Changes a request crossing asks for.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Upstream request headers to set (replacing).
+    pub set_headers: Vec<(String, String)>,
+    /// Upstream request headers to remove.
+    pub remove_headers: Vec<String>,
+    /// New upstream path (and query if it contains `?`).
+    pub uri: Option<String>,
+    /// New upstream method.
+    pub method: Option<String>,
+    /// New upstream Host.
+    pub host: Option<String>,
+    /// Value of the debug header, when debug mode is on.
+    pub debug: Option<String>,
+}
+
+/// What a crossing decided.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Go on, with these changes.
+    Continue(Changes),
+    /// Answer the client now.
+    Respond {
+        /// Status.
+        status: u16,
+        /// Headers.
+        headers: Vec<(String, String)>,
+        /// Body.
+        body: Bytes,
+        /// Value of the debug header, when debug mode is on.
+        debug: Option<String>,
+    },
+    /// header_filter result: the response status and headers to send.
+    Response {
+        /// Status.
+        status: u16,
+        /// Complete header list.
+        headers: Vec<(String, String)>,
+        /// Value of the debug header, when debug mode is on.
+        debug: Option<String>,
+    },
+}
+
+/// One unit of work for the Python runner.
+pub struct Job {
+    /// Which crossing.
+    pub phase: Phase,
+    /// The request.
+    pub request: Arc<RequestData>,
+    /// The response, for header_filter and log.
+    pub response: Option<ResponseData>,
+    /// Where the outcome goes (none for log).
+    pub reply: Option<oneshot::Sender<Outcome>>,
+}
+
+/// The queue between data-plane threads and the Python runner.
+pub struct Bridge {
+    queue: Mutex<VecDeque<Job>>,
+    wake_tx: UnixStream,
+    wake_rx: UnixStream,
+    wake_pending: AtomicBool,
+    next_id: AtomicU64,
+}
+
+impl Bridge {
+    /// A bridge with its wake-up socket pair.
+    pub fn new() -> std::io::Result<Self> {
+        let (tx, rx) = UnixStream::pair()?;
+        tx.set_nonblocking(true)?;
+        rx.set_nonblocking(true)?;
+        Ok(Bridge {
+            queue: Mutex::new(VecDeque::new()),
+            wake_tx: tx,
+            wake_rx: rx,
+            wake_pending: AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// A fresh request id.
+    pub fn next_request_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Queues a job and wakes the runner if needed. Never blocks.
+    pub fn submit(&self, job: Job) {
+        self.queue.lock().push_back(job);
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            // A full socket buffer already means a wake-up is pending.
+            let _ = (&self.wake_tx).write(&[1]);
+        }
+    }
+
+    /// The file descriptor the runner watches for readability.
+    pub fn wake_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.wake_rx.as_raw_fd()
+    }
+
+    /// Takes every queued job; clears the wake-up first so none is lost.
+    pub fn take_all(&self) -> Vec<Job> {
+        let mut sink = [0u8; 256];
+        while matches!((&self.wake_rx).read(&mut sink), Ok(n) if n > 0) {}
+        self.wake_pending.store(false, Ordering::Release);
+        self.queue.lock().drain(..).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(bridge: &Bridge) -> (Job, oneshot::Receiver<Outcome>) {
+        let (tx, rx) = oneshot::channel();
+        let req = RequestData {
+            id: bridge.next_request_id(),
+            method: Method::GET,
+            uri: Uri::from_static("/a?b=1"),
+            path: "/a".into(),
+            headers: HeaderMap::new(),
+            host: "h".into(),
+            client: "127.0.0.1".parse().unwrap(),
+            peer: "127.0.0.1:1".parse().unwrap(),
+            local: "127.0.0.1:2".parse().unwrap(),
+            route_id: Arc::from("r"),
+            params: vec![],
+        };
+        (
+            Job {
+                phase: Phase::Request,
+                request: Arc::new(req),
+                response: None,
+                reply: Some(tx),
+            },
+            rx,
+        )
+    }
+
+    #[test]
+    fn one_wake_byte_for_many_jobs() {
+        let b = Bridge::new().unwrap();
+        for _ in 0..10 {
+            b.submit(job(&b).0);
+        }
+        let mut buf = [0u8; 16];
+        let n = (&b.wake_rx).read(&mut buf).unwrap();
+        assert_eq!(n, 1, "a burst of jobs must cost one wake-up");
+        assert_eq!(b.take_all().len(), 10);
+        assert!(b.take_all().is_empty());
+        b.submit(job(&b).0);
+        assert_eq!(
+            b.take_all().len(),
+            1,
+            "the wake flag is re-armed after a take"
+        );
+    }
+
+    #[test]
+    fn completing_a_job_wakes_the_waiter() {
+        let b = Bridge::new().unwrap();
+        let (j, rx) = job(&b);
+        b.submit(j);
+        let mut jobs = b.take_all();
+        let tx = jobs[0].reply.take().unwrap();
+        tx.send(Outcome::Continue(Changes::default())).unwrap();
+        assert!(matches!(rx.blocking_recv(), Ok(Outcome::Continue(_))));
+    }
+}

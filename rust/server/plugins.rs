@@ -1,0 +1,220 @@
+//! The data plane's side of Python plugin crossings: build what plugins see, wait for their
+//! decision without blocking the worker, apply it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Response, StatusCode, Uri};
+use tokio::sync::oneshot;
+
+use super::body::ResponseBody;
+use super::proxy::{RouteEntry, SERVER};
+use super::request::RequestView;
+use crate::pipeline::{Bridge, Changes, Job, Outcome, Phase, RequestData, ResponseData};
+use crate::router::Matched;
+
+/// The route has plugins with rewrite / access / before_proxy.
+pub const REQUEST: u8 = 1;
+/// The route has plugins with header_filter.
+pub const HEADER: u8 = 2;
+/// The route has plugins with log.
+pub const LOG: u8 = 4;
+
+/// The most a crossing may take before the request fails: the runner applies its own,
+/// shorter, per-phase timeout (504); this one only guards against a runner that is gone.
+const CROSSING_LIMIT: Duration = Duration::from_secs(60);
+
+/// Phase names from the control plane → the crossing bits.
+pub fn phase_bits(names: &[String]) -> u8 {
+    names.iter().fold(0, |bits, n| {
+        bits | match n.as_str() {
+            "rewrite" | "access" | "before_proxy" => REQUEST,
+            "header_filter" | "body_filter" => HEADER,
+            "log" => LOG,
+            _ => 0,
+        }
+    })
+}
+
+/// What plugins see of the request; made once per request, only for plugin routes.
+pub fn request_data(
+    bridge: &Bridge,
+    parts: &Parts,
+    view: &RequestView<'_>,
+    m: &Matched<RouteEntry>,
+) -> Arc<RequestData> {
+    Arc::new(RequestData {
+        id: bridge.next_request_id(),
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        path: view.path.to_string(),
+        headers: parts.headers.clone(),
+        host: view.host.to_string(),
+        client: view.client,
+        peer: view.peer,
+        local: view.local,
+        route_id: m.route_id.clone(),
+        params: m.params.clone(),
+    })
+}
+
+/// Hands one phase to the Python runner and waits for its outcome.
+pub async fn cross(
+    bridge: &Bridge,
+    phase: Phase,
+    request: &Arc<RequestData>,
+    response: Option<ResponseData>,
+) -> Option<Outcome> {
+    let (tx, rx) = oneshot::channel();
+    bridge.submit(Job {
+        phase,
+        request: request.clone(),
+        response,
+        reply: Some(tx),
+    });
+    match tokio::time::timeout(CROSSING_LIMIT, rx).await {
+        Ok(Ok(outcome)) => Some(outcome),
+        Ok(Err(_)) => {
+            log::error!("plugin runner dropped a {} job", phase.name());
+            None
+        }
+        Err(_) => {
+            log::error!("plugin runner did not answer a {} job", phase.name());
+            None
+        }
+    }
+}
+
+/// Sends the log phase once the response is complete (or now, for a response made here).
+pub fn log_after(
+    bridge: &Arc<Bridge>,
+    request: &Arc<RequestData>,
+    resp: &mut Response<ResponseBody>,
+) {
+    let job = Job {
+        phase: Phase::Log,
+        request: request.clone(),
+        response: Some(ResponseData {
+            status: resp.status(),
+            headers: resp.headers().clone(),
+        }),
+        reply: None,
+    };
+    match resp.body_mut() {
+        ResponseBody::Upstream(u) => u.on_end(bridge.clone(), job),
+        ResponseBody::Full(_) => bridge.submit(job),
+    }
+}
+
+/// Method and target changes (before the upstream head is prepared).
+pub fn apply(parts: &mut Parts, c: &Changes) {
+    if let Some(m) = c
+        .method
+        .as_deref()
+        .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+    {
+        parts.method = m;
+    }
+    if let Some(u) = c.uri.as_deref().and_then(|u| Uri::try_from(u).ok()) {
+        parts.uri = u;
+    }
+}
+
+/// Header changes, on the prepared upstream head.
+pub fn apply_headers(headers: &mut HeaderMap, c: &Changes) {
+    for name in &c.remove_headers {
+        if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+            headers.remove(n);
+        }
+    }
+    for (name, value) in &c.set_headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(n, v);
+        }
+    }
+}
+
+/// A response a plugin made.
+pub fn response(
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+) -> Response<ResponseBody> {
+    let mut r = Response::new(ResponseBody::Full(Some(body)));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    append(r.headers_mut(), headers);
+    r.headers_mut()
+        .insert(http::header::SERVER, HeaderValue::from_static(SERVER));
+    r
+}
+
+/// Replaces status and headers after header_filter.
+pub fn replace_head(
+    resp: &mut Response<ResponseBody>,
+    status: u16,
+    headers: Vec<(String, String)>,
+) {
+    if let Ok(s) = StatusCode::from_u16(status) {
+        *resp.status_mut() = s;
+    }
+    let h = resp.headers_mut();
+    h.clear();
+    append(h, headers);
+}
+
+/// The `Apisix-Plugins` debug header.
+pub fn set_debug(resp: &mut Response<ResponseBody>, debug: Option<&str>) {
+    if let Some(v) = debug.and_then(|d| HeaderValue::from_str(d).ok()) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static("apisix-plugins"), v);
+    }
+}
+
+fn append(h: &mut HeaderMap, headers: Vec<(String, String)>) {
+    for (name, value) in headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            h.append(n, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_names_map_to_crossings() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(phase_bits(&names(&[])), 0);
+        assert_eq!(phase_bits(&names(&["access", "rewrite"])), REQUEST);
+        assert_eq!(phase_bits(&names(&["header_filter", "log"])), HEADER | LOG);
+    }
+
+    #[test]
+    fn header_changes_set_and_remove() {
+        let mut h = HeaderMap::new();
+        h.insert("x-drop", HeaderValue::from_static("1"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        let c = Changes {
+            set_headers: vec![
+                ("X-New".into(), "v".into()),
+                ("bad name".into(), "v".into()),
+            ],
+            remove_headers: vec!["x-drop".into()],
+            ..Changes::default()
+        };
+        apply_headers(&mut h, &c);
+        assert_eq!(h.get("x-new").unwrap(), "v");
+        assert!(h.get("x-drop").is_none());
+        assert_eq!(h.len(), 2);
+    }
+}
