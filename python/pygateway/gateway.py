@@ -12,7 +12,6 @@ from types import FrameType
 from typing import Any
 
 from .config import (
-    NO_PLUGINS,
     Config,
     ConfigError,
     ConfigIssue,
@@ -25,6 +24,9 @@ from .config import (
     load_standalone,
 )
 from .config.compile import change_set_json, is_empty
+from .pipeline import Pipeline
+from .plugin import PHASES, Plugin, PluginRegistry, RegistryCatalog
+from .runner import PluginRunner, PluginView
 
 log = logging.getLogger("pygateway")
 
@@ -68,6 +70,15 @@ class Gateway:
         if self.node.engine != "native":
             msg = f"engine {self.node.engine!r} is not available yet: use 'native'"
             raise ConfigError([ConfigIssue("", None, "engine", msg)])
+        self.plugins = PluginRegistry(self.node.plugin_paths, builtins=True, entry_points=True)
+        """Every plugin this node can run (built-ins, entry points, ``plugin_paths``)."""
+        # Configs may name any known plugin; the node's ``plugins:`` list decides what runs
+        # here (APISIX's canary: a plugin enabled on some nodes only).
+        self._catalog = RegistryCatalog(self.plugins)
+        self._pipeline = Pipeline(
+            self.plugins, enabled=self.node.plugins, plugin_timeout=self.node.plugin_timeout
+        )
+        self._runner: PluginRunner | None = None
         self._inline = dict(config) if config is not None else None
         self._demo = self._inline is None and self.node.routes is None
         self._plane: Any = None
@@ -96,6 +107,8 @@ class Gateway:
         )
         config = self._load_demo(plane.demo_address) if self._demo else self._load()
         self._plane = plane
+        self._runner = PluginRunner(plane, self._pipeline, debug=self.node.debug)
+        self._runner.start()
         self._publish(config)
         self.addresses = plane.start()
         self._stop.clear()
@@ -116,6 +129,9 @@ class Gateway:
         if self._plane is not None:
             drain = self.node.drain_timeout if drain_timeout is None else drain_timeout
             self._plane.stop(drain)
+        if self._runner is not None:
+            self._runner.stop()
+            self._runner = None
         self.addresses = []
 
     def serve_forever(self) -> None:
@@ -130,6 +146,7 @@ class Gateway:
 
         def on_hup(signum: int, frame: FrameType | None) -> None:
             try:
+                self.reload_plugins()
                 self.reload()
             except ConfigError as err:
                 log.error("reload failed, keeping the previous config:\n%s", err)
@@ -180,24 +197,64 @@ class Gateway:
             self._inline = dict(config)
         self._publish(self._load())
 
+    def register_plugin(self, cls: type[Plugin]) -> type[Plugin]:
+        """Make a plugin class available to this node (usable as a decorator)."""
+        self.plugins.register(cls)
+        self._pipeline.clear_cache()
+        return cls
+
+    def reload_plugins(self) -> None:
+        """Re-import plugin modules: ``destroy()`` then ``init()`` (APISIX plugins/reload)."""
+        self.plugins.reload()
+        self._pipeline.clear_cache()
+        if self._config is not None:
+            self._publish(self._config, force=True)
+
     def _load(self) -> Config:
         if self._inline is not None:
-            return build_config(self._inline, source="<config>", catalog=NO_PLUGINS)
+            return build_config(self._inline, source="<config>", catalog=self._catalog)
         if self.node.routes is not None:
-            return load_standalone(self.node.routes, catalog=NO_PLUGINS)
-        return build_config({}, source="<empty>", catalog=NO_PLUGINS)
+            return load_standalone(self.node.routes, catalog=self._catalog)
+        return build_config({}, source="<empty>", catalog=self._catalog)
 
     def _load_demo(self, demo_address: str | None) -> Config:
         assert demo_address is not None, "the data plane was created without a demo origin"
         port = demo_address.rpartition(":")[2]
         env = {**os.environ, "PYGATEWAY_DEMO_PORT": port}
-        return load_standalone(DEFAULT_CONFIG, catalog=NO_PLUGINS, env=env)
+        return load_standalone(DEFAULT_CONFIG, catalog=self._catalog, env=env)
 
-    def _publish(self, config: Config) -> None:
+    def _phases(self, plugins: dict[str, Any], global_rules: list[dict[str, Any]]) -> list[str]:
+        """The phases a route's plugins (and the global rules') implement on this node."""
+        enabled = self.node.plugins
+        names = set(plugins)
+        for rule in global_rules:
+            names.update(rule)
+        found: set[str] = set()
+        for name in names:
+            plugin = self.plugins.get(name)
+            if plugin is None or (enabled is not None and name not in enabled):
+                continue
+            found.update(p for p in PHASES if callable(getattr(plugin, p, None)))
+        return sorted(found)
+
+    def _publish(self, config: Config, force: bool = False) -> None:
         """Compile and send only what changed to the data plane."""
         with self._lock:
             snapshot = compile_config(config)
-            changes = full(snapshot) if not self._config else diff(self._snapshot, snapshot)
+            global_rules = [
+                dict(item.conf.get("plugins") or {}) for item in config.global_rules.values()
+            ]
+            for route in snapshot.routes.values():
+                route["phases"] = self._phases(route.get("plugins") or {}, global_rules)
+            if self._runner is not None:
+                self._runner.view = PluginView(
+                    routes=dict(snapshot.routes),
+                    global_rules=global_rules,
+                    consumers=[dict(i.conf) for i in config.consumers.values()],
+                    plugin_metadata={k: dict(i.conf) for k, i in config.plugin_metadata.items()},
+                )
+            first = not self._config or force
+            changes = full(snapshot) if first else diff(self._snapshot, snapshot)
             if not is_empty(changes):
                 self._plane.apply(change_set_json(changes))
             self._snapshot = snapshot
@@ -214,7 +271,7 @@ class Gateway:
                 continue
             self._stamp = stamp
             try:
-                self._publish(load_standalone(path, catalog=NO_PLUGINS))
+                self._publish(load_standalone(path, catalog=self._catalog))
                 log.warning("config reloaded from %s", path)
             except ConfigError as err:
                 log.error("config file %s rejected, keeping the previous config:\n%s", path, err)

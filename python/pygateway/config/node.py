@@ -50,6 +50,8 @@ class NodeConfig:
     plugin_paths: list[str] = field(default_factory=list)
     trusted_addresses: list[str] = field(default_factory=list)
     drain_timeout: float = 10
+    plugin_timeout: float = 5
+    """Seconds an async plugin phase may take before the request fails with 504."""
     admin: dict[str, Any] = field(default_factory=dict)
     etcd: dict[str, Any] = field(default_factory=dict)
 
@@ -161,6 +163,9 @@ def _check(data: Mapping[str, Any], source: str | None) -> tuple[dict[str, Any],
         elif key == "drain_timeout":
             if expect(key, value, "number") and value < 0:
                 bad(key, f"expected {value} to be at least 0")
+        elif key == "plugin_timeout":
+            if expect(key, value, "number") and value <= 0:
+                bad(key, f"expected {value} to be greater than 0")
         elif key in ("admin", "etcd"):
             if value is None:
                 value = {}

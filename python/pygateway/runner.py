@@ -1,0 +1,206 @@
+"""Runs Python plugin phases for the native data plane, on one thread with an asyncio loop.
+
+The data plane never takes the GIL: it queues jobs and wakes this thread through a socket
+pair (``DataPlane.plugin_fd``). Each wake-up takes every queued job; sync phases run inline,
+async ones as tasks on this loop, and each job is completed with the plugins' decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from . import _core
+from .ctx import SimpleCtx
+from .pipeline import REQUEST_PHASES, Execution, Pipeline, PluginResponse
+
+log = logging.getLogger("pygateway.runner")
+
+STALE_AFTER = 300.0
+"""Seconds after which a request's plugin run is dropped if its log phase never came."""
+
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+@dataclass
+class PluginView:
+    """What the runner needs of the config: swapped whole on every config change."""
+
+    routes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Compiled routes by id (their merged ``plugins``, ``name``, ``service_id``)."""
+    global_rules: Sequence[Mapping[str, Any]] = ()
+    """The ``plugins`` of each global rule."""
+    consumers: Sequence[dict[str, Any]] = ()
+    plugin_metadata: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class PluginRunner:
+    """The plugin thread of a native gateway."""
+
+    def __init__(self, plane: _core.DataPlane, pipeline: Pipeline, *, debug: bool = False) -> None:
+        self._plane = plane
+        self.pipeline = pipeline
+        self.debug = debug
+        self.view = PluginView()
+        self._live: dict[int, tuple[Execution, float]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._last_sweep = time.monotonic()
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="pygateway-plugins", daemon=True)
+        self._thread.start()
+        self._started.wait(5)
+
+    def stop(self) -> None:
+        loop = self._loop
+        if loop is not None and self._thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            self._thread.join(5)
+        self._thread = None
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        loop.add_reader(self._plane.plugin_fd, self._on_wake)
+        self._started.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.remove_reader(self._plane.plugin_fd)
+            loop.close()
+
+    # -- dispatch ---------------------------------------------------------------------
+
+    def _on_wake(self) -> None:
+        for job in self._plane.take_jobs():
+            try:
+                self._dispatch(job)
+            except Exception:
+                log.exception("plugin runner failed on a %s job", job.phase)
+                self._fail(job)
+        now = time.monotonic()
+        if now - self._last_sweep > 10:
+            self._last_sweep = now
+            stale = [k for k, (_, t) in self._live.items() if now - t > STALE_AFTER]
+            for k in stale:
+                del self._live[k]
+
+    def _fail(self, job: _core.Job) -> None:
+        body = b'{"error_msg":"internal error"}\n'
+        try:
+            if job.phase == "request":
+                job.respond(500, [("Content-Type", "application/json")], body)
+            elif job.phase == "header_filter":
+                job.send_head(job.status or 500, job.response_headers())
+        except Exception:  # already completed
+            pass
+
+    def _dispatch(self, job: _core.Job) -> None:
+        if job.phase == "request":
+            run = self._begin(job)
+            self._live[job.request_id] = (run, time.monotonic())
+            if any(run.plan.has_async(p) for p in REQUEST_PHASES):
+                done = lambda resp: self._reply(job, run, resp)  # noqa: E731
+                self._spawn(run.run_phases_async(REQUEST_PHASES), done)
+            else:
+                self._reply(job, run, run.run_phases(REQUEST_PHASES))
+        elif job.phase == "header_filter":
+            entry = self._live.get(job.request_id)
+            if entry is None:
+                job.send_head(job.status or 200, job.response_headers())
+                return
+            self._response_phase(job, entry[0], "header_filter", self._send_head)
+        else:  # log: the request is over
+            entry = self._live.pop(job.request_id, None)
+            if entry is not None:
+                self._response_phase(job, entry[0], "log", lambda job, run: None)
+
+    def _response_phase(
+        self,
+        job: _core.Job,
+        run: Execution,
+        phase: str,
+        then: Callable[[_core.Job, Execution], None],
+    ) -> None:
+        """header_filter / log: show plugins the response, run the phase, then ``then``."""
+        ctx = run.ctx
+        assert isinstance(ctx, SimpleCtx)
+        ctx.set_response(job.status or 200, job.response_headers())
+        if run.plan.has_async(phase):
+            self._spawn(run.run_phase_async(phase), lambda _: then(job, run))
+        else:
+            run.run_phase(phase)
+            then(job, run)
+
+    def _spawn(self, coro: Awaitable[Any], done: Callable[[Any], None]) -> None:
+        async def task() -> None:
+            try:
+                done(await coro)
+            except Exception:
+                log.exception("async plugin phase failed")
+
+        # The loop keeps only weak references to tasks: hold them until they finish.
+        t = asyncio.ensure_future(task())
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    def _begin(self, job: _core.Job) -> Execution:
+        view = self.view
+        route = view.routes.get(job.route_id, {})
+        ctx = SimpleCtx(
+            method=job.method,
+            path=job.path,
+            query=job.query or "",
+            headers=job.headers(),
+            host=job.host,
+            remote_addr=job.remote_addr,
+            server_port=job.server_port,
+            route_id=job.route_id,
+            route_name=route.get("name"),
+            service_id=route.get("service_id"),
+            params=dict(job.params()),
+            consumers=view.consumers,
+            plugin_metadata=view.plugin_metadata,
+        )
+        ctx.request_uri = job.request_uri
+        return self.pipeline.start(ctx, route.get("plugins") or {}, view.global_rules)
+
+    def _debug(self, run: Execution) -> str | None:
+        return run.debug_header() if self.debug else None
+
+    def _reply(self, job: _core.Job, run: Execution, resp: PluginResponse | None) -> None:
+        if resp is not None:
+            job.respond(resp.status, resp.headers, resp.body, self._debug(run))
+            return
+        ctx = run.ctx
+        assert isinstance(ctx, SimpleCtx)
+        ch = ctx.changes
+        uri = ch.upstream_uri
+        if uri is None and (ch.uri is not None or ch.query is not None):
+            raw_path, _, raw_query = job.request_uri.partition("?")
+            path = quote(ch.uri, safe=_PATH_SAFE) if ch.uri is not None else raw_path
+            query = ch.query if ch.query is not None else raw_query
+            uri = f"{path}?{query}" if query else path
+        job.proceed(
+            set_headers=[(name, value) for name, value in ch.set_headers.values()],
+            remove_headers=sorted(ch.removed_headers),
+            uri=uri,
+            method=ch.method,
+            host=ch.host,
+            debug=self._debug(run),
+        )
+
+    def _send_head(self, job: _core.Job, run: Execution) -> None:
+        ctx = run.ctx
+        assert isinstance(ctx, SimpleCtx)
+        job.send_head(ctx.status, ctx.response_headers.items_list(), self._debug(run))

@@ -1,0 +1,238 @@
+"""Python plugins run in-process by the native data plane, through real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any, ClassVar
+
+import pytest
+from conftest import request, route
+from pygateway import ConfigError, Gateway
+from pygateway.plugin import Plugin
+
+CALLS: list[str] = []
+
+
+class Recorder(Plugin):
+    """Records every phase it runs and leaves marks on the request and the response."""
+
+    name = "test-recorder"
+    priority = 50
+    schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {"stop_in": {"type": "string"}, "tag": {"type": "string"}},
+    }
+
+    def rewrite(self, conf: dict[str, Any], ctx: Any) -> Any:
+        CALLS.append("rewrite")
+        ctx.state["seen"] = ["rewrite"]
+        if conf.get("stop_in") == "rewrite":
+            return 418, {"stopped": "rewrite"}
+        return None
+
+    def access(self, conf: dict[str, Any], ctx: Any) -> Any:
+        CALLS.append("access")
+        ctx.state["seen"].append("access")
+        ctx.set_header("X-From-Plugin", conf.get("tag", "yes"))
+        ctx.remove_header("X-Secret")
+        if conf.get("stop_in") == "access":
+            return 403, "no", {"X-Why": "access"}
+        return None
+
+    def before_proxy(self, conf: dict[str, Any], ctx: Any) -> Any:
+        CALLS.append("before_proxy")
+        if conf.get("stop_in") == "before_proxy":
+            return (503, None)
+        return None
+
+    def header_filter(self, conf: dict[str, Any], ctx: Any) -> None:
+        CALLS.append("header_filter")
+        ctx.response_headers["X-Seen"] = ",".join(ctx.state["seen"])
+        ctx.response_headers["X-Upstream-Status"] = str(ctx.status)
+
+    def log(self, conf: dict[str, Any], ctx: Any) -> None:
+        CALLS.append(f"log:{ctx.status}")
+
+
+class Boom(Plugin):
+    name = "test-boom"
+    priority = 40
+
+    def access(self, conf: dict[str, Any], ctx: Any) -> Any:
+        raise RuntimeError("plugin bug")
+
+
+class Slow(Plugin):
+    name = "test-slow"
+    priority = 30
+    schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {"seconds": {"type": "number"}},
+    }
+
+    async def access(self, conf: dict[str, Any], ctx: Any) -> Any:
+        await asyncio.sleep(conf.get("seconds", 0.5))
+        ctx.set_header("X-Slept", "1")
+        return None
+
+
+@pytest.fixture
+def plugin_gateway(origin):
+    made: list[Gateway] = []
+
+    def make(routes: list[dict[str, Any]], **node: Any) -> Gateway:
+        node.setdefault("listen", ["127.0.0.1:0"])
+        node.setdefault("workers", 2)
+        gw = Gateway(config={"routes": routes}, **node)
+        for cls in (Recorder, Boom, Slow):
+            gw.register_plugin(cls)
+        made.append(gw.start())
+        return gw
+
+    CALLS.clear()
+    yield make
+    for gw in made:
+        gw.stop(0)
+
+
+def test_phases_run_in_order_and_change_the_upstream_request(plugin_gateway, origin):
+    gw = plugin_gateway([route("/*", origin.addr, plugins={"test-recorder": {"tag": "t1"}})])
+    r = request(gw.url, "/x", headers={"X-Secret": "s"})
+    assert r.status == 200
+    sent = r.json()["headers"]
+    assert sent["x-from-plugin"] == "t1"
+    assert "x-secret" not in sent, "remove_header did not reach the upstream request"
+    assert r.headers["x-seen"] == "rewrite,access"
+    assert r.headers["x-upstream-status"] == "200"
+    deadline = time.monotonic() + 2
+    while "log:200" not in CALLS and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert CALLS == ["rewrite", "access", "before_proxy", "header_filter", "log:200"]
+
+
+@pytest.mark.parametrize(
+    ("phase", "status", "body"),
+    [
+        ("rewrite", 418, b'{"stopped":"rewrite"}\n'),
+        ("access", 403, b"no"),
+        ("before_proxy", 503, b""),
+    ],
+)
+def test_short_circuit_from_each_request_phase(plugin_gateway, origin, phase, status, body):
+    gw = plugin_gateway([route("/*", origin.addr, plugins={"test-recorder": {"stop_in": phase}})])
+    before = origin.requests
+    r = request(gw.url, "/")
+    assert (r.status, r.body) == (status, body)
+    assert origin.requests == before, "a short-circuited request reached the upstream"
+    if phase == "rewrite":
+        assert r.headers["content-type"] == "application/json"
+    if phase == "access":
+        assert r.headers["x-why"] == "access"
+
+
+def test_plugin_exception_is_500_and_gateway_keeps_serving(plugin_gateway, origin):
+    gw = plugin_gateway(
+        [
+            route("/boom", origin.addr, plugins={"test-boom": {}}),
+            route("/ok", origin.addr, plugins={"test-recorder": {}}),
+        ]
+    )
+    r = request(gw.url, "/boom")
+    assert r.status == 500
+    assert b"plugin bug" not in r.body, "the exception text leaked to the client"
+    assert request(gw.url, "/ok").status == 200
+
+
+def test_async_plugin_does_not_block_other_requests(plugin_gateway, origin):
+    gw = plugin_gateway(
+        [
+            route("/slow", origin.addr, plugins={"test-slow": {"seconds": 1.0}}),
+            route("/fast", origin.addr, plugins={"test-recorder": {}}),
+        ]
+    )
+    result: dict[str, Any] = {}
+
+    def slow() -> None:
+        result["slow"] = request(gw.url, "/slow")
+
+    t = threading.Thread(target=slow)
+    t.start()
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    for _ in range(5):
+        assert request(gw.url, "/fast").status == 200
+    fast_time = time.monotonic() - t0
+    t.join(5)
+    assert fast_time < 0.8, f"requests waited {fast_time:.2f}s behind an async plugin"
+    assert result["slow"].status == 200
+    assert result["slow"].json()["headers"]["x-slept"] == "1"
+
+
+def test_async_plugin_timeout_is_504(plugin_gateway, origin):
+    gw = plugin_gateway(
+        [route("/*", origin.addr, plugins={"test-slow": {"seconds": 3}})], plugin_timeout=0.3
+    )
+    t0 = time.monotonic()
+    assert request(gw.url, "/").status == 504
+    assert time.monotonic() - t0 < 2
+
+
+def test_node_plugin_list_is_a_canary_switch(plugin_gateway, origin):
+    gw = plugin_gateway(
+        [route("/*", origin.addr, plugins={"test-recorder": {}, "request-id": {}})],
+        plugins=["request-id"],
+    )
+    r = request(gw.url, "/")
+    assert "x-request-id" in r.headers
+    assert "x-seen" not in r.headers, "a plugin not enabled on this node ran"
+
+
+def test_debug_header_lists_plugin_phases(plugin_gateway, origin):
+    gw = plugin_gateway(
+        [route("/*", origin.addr, plugins={"test-recorder": {}, "request-id": {}})], debug=True
+    )
+    r = request(gw.url, "/")
+    assert r.headers["apisix-plugins"] == (
+        "request-id#rewrite, test-recorder#rewrite, test-recorder#access, "
+        "test-recorder#before_proxy, request-id#header_filter, test-recorder#header_filter, "
+        "test-recorder#log"
+    )
+
+
+def test_invalid_plugin_conf_is_refused_with_apisix_wording(origin):
+    gw = Gateway(
+        config={"routes": [route("/*", origin.addr, plugins={"ip-restriction": {"whitelist": 1}})]},
+        listen=["127.0.0.1:0"],
+    )
+    with pytest.raises(ConfigError) as err:
+        gw.start()
+    assert "failed to check the configuration of plugin ip-restriction err:" in str(err.value)
+
+
+def test_key_auth_with_consumers_and_hidden_credentials(origin):
+    config = {
+        "consumers": [{"username": "jack", "plugins": {"key-auth": {"key": "k-123"}}}],
+        "routes": [
+            route("/*", origin.addr, plugins={"key-auth": {"hide_credentials": True}}),
+        ],
+    }
+    with Gateway(config=config, listen=["127.0.0.1:0"], workers=1) as gw:
+        assert request(gw.url, "/").status == 401
+        bad = request(gw.url, "/", headers={"apikey": "nope"})
+        assert bad.status == 401 and b"nope" not in bad.body
+        ok = request(gw.url, "/", headers={"apikey": "k-123"})
+        assert ok.status == 200
+        sent = ok.json()["headers"]
+        assert "apikey" not in sent, "hide_credentials leaked the key upstream"
+        assert sent["x-consumer-username"] == "jack"
+
+
+def test_routes_without_plugins_never_cross_into_python(plugin_gateway, origin):
+    gw = plugin_gateway(
+        [route("/plain", origin.addr), route("/p", origin.addr, plugins={"test-recorder": {}})]
+    )
+    for _ in range(5):
+        assert request(gw.url, "/plain").status == 200
+    assert CALLS == []
