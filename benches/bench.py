@@ -65,6 +65,8 @@ class Target:
     kind: str  # "nginx" (source = conf in shared/bench), "script" (python file), "gateway"
     source: str = ""
     description: str = ""
+    routes: str = ""  # gateway: routes file in benches/config (default: the scenario's)
+    args: tuple[str, ...] = ()  # gateway: extra flags
 
 
 TARGETS: dict[str, Target] = {
@@ -99,6 +101,24 @@ TARGETS: dict[str, Target] = {
             "aiohttp (+uvloop if present) proxy with a per-client counter, 1 process",
         ),
         Target("pygateway", GATEWAY_PORT, "gateway", "", "pygateway native data plane"),
+        Target(
+            "pygw-sync",
+            GATEWAY_PORT + 1,
+            "gateway",
+            "",
+            "pygateway native + one sync Python plugin (access sets a request header)",
+            routes="plugin-sync.yaml",
+            args=("--config", str(Path(__file__).parent / "config" / "plugins-node.yaml")),
+        ),
+        Target(
+            "pygw-async",
+            GATEWAY_PORT + 2,
+            "gateway",
+            "",
+            "pygateway native + one async Python plugin (access sets a request header)",
+            routes="plugin-async.yaml",
+            args=("--config", str(Path(__file__).parent / "config" / "plugins-node.yaml")),
+        ),
     )
 }
 
@@ -127,6 +147,14 @@ SCENARIOS: dict[str, Scenario] = {
             name="proxy",
             description="plain reverse proxy: one route /* to the origin, no plugins",
             targets=("origin", "nginx", "pygateway"),
+            reference="nginx",
+            routes="proxy.yaml",
+        ),
+        Scenario(
+            name="plugin",
+            description="one route /* to the origin; pygateway with no / one sync / one async "
+            "Python plugin in access",
+            targets=("origin", "nginx", "pygateway", "pygw-sync", "pygw-async"),
             reference="nginx",
             routes="proxy.yaml",
         ),
@@ -342,7 +370,7 @@ def launch_command(
     if target.kind == "script":
         return [sys.executable, str(shared / target.source), str(target.port)], []
     if target.kind == "gateway":
-        routes = CONFIG_DIR / scenario.routes
+        routes = CONFIG_DIR / (target.routes or scenario.routes)
         fmt = {
             "python": shlex.quote(sys.executable),
             "routes": shlex.quote(str(routes)),
@@ -357,7 +385,7 @@ def launch_command(
                 f"bad --gateway-cmd {args.gateway_cmd!r}: {e} "
                 "(placeholders: {python} {routes} {host} {port} {workers})"
             ) from e
-        return [*cmd, *scenario.gateway_args], []
+        return [*cmd, *scenario.gateway_args, *target.args], []
     raise BenchError(f"unknown target kind {target.kind!r}")
 
 

@@ -108,7 +108,8 @@ class PluginRunner:
     def _dispatch(self, job: _core.Job) -> None:
         if job.phase == "request":
             run = self._begin(job)
-            self._live[job.request_id] = (run, time.monotonic())
+            if any(run.plan.steps(p) for p in ("header_filter", "body_filter", "log")):
+                self._live[job.request_id] = (run, time.monotonic())
             if any(run.plan.has_async(p) for p in REQUEST_PHASES):
                 done = lambda resp: self._reply(job, run, resp)  # noqa: E731
                 self._spawn(run.run_phases_async(REQUEST_PHASES), done)
