@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from . import _core
 from .ctx import SimpleCtx
-from .pipeline import REQUEST_PHASES, Execution, Pipeline, PluginResponse
+from .pipeline import REQUEST_PHASES, Execution, Pipeline, Plan, PluginResponse
 
 log = logging.getLogger("pygateway.runner")
 
@@ -40,6 +40,13 @@ class PluginView:
     plugin_metadata: Mapping[str, dict[str, Any]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Shape:
+    phases: tuple[str, ...]
+    is_async: bool
+    later: bool
+
+
 class PluginRunner:
     """The plugin thread of a native gateway."""
 
@@ -54,6 +61,7 @@ class PluginRunner:
         self._started = threading.Event()
         self._last_sweep = time.monotonic()
         self._tasks: set[asyncio.Future[None]] = set()
+        self._shapes: dict[Plan, _Shape] = {}
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="pygateway-plugins", daemon=True)
@@ -108,13 +116,14 @@ class PluginRunner:
     def _dispatch(self, job: _core.Job) -> None:
         if job.phase == "request":
             run = self._begin(job)
-            if any(run.plan.steps(p) for p in ("header_filter", "body_filter", "log")):
+            shape = self._shape(run.plan)
+            if shape.later:
                 self._live[job.request_id] = (run, time.monotonic())
-            if any(run.plan.has_async(p) for p in REQUEST_PHASES):
+            if shape.is_async:
                 done = lambda resp: self._reply(job, run, resp)  # noqa: E731
-                self._spawn(run.run_phases_async(REQUEST_PHASES), done)
+                self._spawn(run.run_phases_async(shape.phases), done)
             else:
-                self._reply(job, run, run.run_phases(REQUEST_PHASES))
+                self._reply(job, run, run.run_phases(shape.phases))
         elif job.phase == "header_filter":
             entry = self._live.get(job.request_id)
             if entry is None:
@@ -142,6 +151,26 @@ class PluginRunner:
         else:
             run.run_phase(phase)
             then(job, run)
+
+    def _shape(self, plan: Plan) -> _Shape:
+        """What a plan needs per request, worked out once per plan."""
+        shape = self._shapes.get(plan)
+        if shape is None:
+            # After rewrite (authentication) a consumer's plugins may join any later phase.
+            phases = (
+                REQUEST_PHASES
+                if plan.steps("rewrite")
+                else tuple(p for p in REQUEST_PHASES if plan.steps(p))
+            )
+            shape = _Shape(
+                phases=phases,
+                is_async=any(plan.has_async(p) for p in REQUEST_PHASES),
+                later=any(plan.steps(p) for p in ("header_filter", "body_filter", "log")),
+            )
+            if len(self._shapes) > 4096:
+                self._shapes.clear()
+            self._shapes[plan] = shape
+        return shape
 
     def _spawn(self, coro: Awaitable[Any], done: Callable[[Any], None]) -> None:
         async def task() -> None:
