@@ -32,7 +32,7 @@ struct PyDataPlane {
 #[pymethods]
 impl PyDataPlane {
     #[new]
-    #[pyo3(signature = (listen, workers, router = "radixtree_host_uri", trusted_addresses = Vec::new(), header_read_timeout = 60.0, demo_origin = None))]
+    #[pyo3(signature = (listen, workers, router = "radixtree_host_uri", trusted_addresses = Vec::new(), header_read_timeout = 60.0, demo_origin = None, debug = false))]
     fn new(
         listen: Vec<String>,
         workers: usize,
@@ -40,6 +40,7 @@ impl PyDataPlane {
         trusted_addresses: Vec<String>,
         header_read_timeout: f64,
         demo_origin: Option<String>,
+        debug: bool,
     ) -> PyResult<Self> {
         let path_mode = match router {
             "radixtree_host_uri" | "radixtree_uri" => PathMode::Plain,
@@ -56,6 +57,7 @@ impl PyDataPlane {
             trusted_addresses,
             header_read_timeout: Duration::from_secs_f64(header_read_timeout),
             demo_origin,
+            debug,
         };
         Ok(PyDataPlane {
             inner: Gateway::new(settings).map_err(core_err)?,

@@ -236,3 +236,8 @@ def test_routes_without_plugins_never_cross_into_python(plugin_gateway, origin):
     for _ in range(5):
         assert request(gw.url, "/plain").status == 200
     assert CALLS == []
+
+
+def test_debug_header_says_no_plugin_when_none_ran(plugin_gateway, origin):
+    gw = plugin_gateway([route("/*", origin.addr)], debug=True)
+    assert request(gw.url, "/").headers["apisix-plugins"] == "no plugin"

@@ -19,6 +19,7 @@ class DataPlane:
         trusted_addresses: list[str] = ...,
         header_read_timeout: float = 60.0,
         demo_origin: str | None = None,
+        debug: bool = False,
     ) -> DataPlane: ...
     def start(self) -> list[str]:
         """Bind the listeners and serve in background threads; return "HOST:PORT" strings."""

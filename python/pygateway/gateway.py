@@ -104,6 +104,7 @@ class Gateway:
             router=self.node.router,
             trusted_addresses=self.node.trusted_addresses,
             demo_origin="127.0.0.1:0" if self._demo else None,
+            debug=self.node.debug,
         )
         config = self._load_demo(plane.demo_address) if self._demo else self._load()
         self._plane = plane

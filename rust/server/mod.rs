@@ -41,6 +41,8 @@ pub struct Settings {
     pub header_read_timeout: Duration,
     /// Address of the built-in demo origin, if it should run.
     pub demo_origin: Option<String>,
+    /// Debug mode: every response says which plugins ran (`Apisix-Plugins`).
+    pub debug: bool,
 }
 
 /// What every request reads: the router, the upstreams, the trusted proxies.
@@ -53,6 +55,8 @@ pub struct State {
     pub trusted: IpMatcher,
     /// The queue to the Python plugin runner.
     pub bridge: Arc<Bridge>,
+    /// Debug mode.
+    pub debug: bool,
 }
 
 struct Running {
@@ -101,6 +105,7 @@ impl Gateway {
                 bridge: Arc::new(
                     Bridge::new().map_err(|e| GatewayError(format!("plugin bridge: {e}")))?,
                 ),
+                debug: settings.debug,
             }),
             settings,
             running: Mutex::new(None),

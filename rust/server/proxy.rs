@@ -93,7 +93,11 @@ pub async fn handle(
         (fwd, request)
     };
     let Some(request) = request else {
-        return Ok(routed.proxy(&state, &conn, parts, body, None).await);
+        let mut resp = routed.proxy(&state, &conn, parts, body, None).await;
+        if state.debug {
+            plugins::set_debug(&mut resp, Some("no plugin"));
+        }
+        return Ok(resp);
     };
     // The route has Python plugins: at most one crossing per phase.
     let phases = routed.route.phases;
