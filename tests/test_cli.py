@@ -211,3 +211,51 @@ def test_malformed_flood_does_not_kill_workers(cli, origin, tmp_path):
                 pass
     assert request(g.base, "/").status == 200
     assert g.proc.poll() is None
+
+
+PLUGIN_V = """
+from pygateway.plugin import Plugin
+
+
+class Stamp(Plugin):
+    name = "test-stamp"
+    priority = 5
+
+    def access(self, conf, ctx):
+        ctx.set_header("X-Version", "{version}")
+"""
+
+
+def test_sighup_reloads_plugin_code_without_failed_requests(cli, origin, tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "stamp.py").write_text(PLUGIN_V.format(version="1"))
+    node = tmp_path / "node.yaml"
+    node.write_text("plugin_paths: [plugins]\n")
+    routes = tmp_path / "apisix.yaml"
+    routes.write_text(
+        "routes:\n  - uri: /*\n    plugins:\n      test-stamp: {}\n"
+        f'    upstream:\n      nodes:\n        "{origin.addr}": 1\n#END\n'
+    )
+    port = free_port()
+    g = cli(
+        "--config", str(node), "--routes", str(routes), "--listen", f"127.0.0.1:{port}", port=port
+    )
+    assert request(g.base, "/").json()["headers"]["x-version"] == "1"
+    stop, failures, count = threading.Event(), [], [0]
+    loader = threading.Thread(target=_load, args=(g.base, stop, failures, count))
+    loader.start()
+    try:
+        time.sleep(0.2)
+        write_config(plugins / "stamp.py", PLUGIN_V.format(version="2"))
+        g.proc.send_signal(signal.SIGHUP)
+        t0 = time.monotonic()
+        while request(g.base, "/").json()["headers"]["x-version"] != "2":
+            assert time.monotonic() - t0 < 3, "SIGHUP did not reload the plugin code"
+            time.sleep(0.05)
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        loader.join()
+    assert count[0] > 5
+    assert failures == [], failures[:5]

@@ -206,7 +206,10 @@ class Gateway:
 
     def reload_plugins(self) -> None:
         """Re-import plugin modules: ``destroy()`` then ``init()`` (APISIX plugins/reload)."""
-        self.plugins.reload()
+        if self._runner is not None:
+            self._runner.call(self.plugins.reload)
+        else:
+            self.plugins.reload()
         self._pipeline.clear_cache()
         if self._config is not None:
             self._publish(self._config, force=True)

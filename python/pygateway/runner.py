@@ -8,6 +8,7 @@ async ones as tasks on this loop, and each job is completed with the plugins' de
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
@@ -74,6 +75,22 @@ class PluginRunner:
             loop.call_soon_threadsafe(loop.stop)
             self._thread.join(5)
         self._thread = None
+
+    def call(self, fn: Callable[[], Any], timeout: float = 30) -> Any:
+        """Run ``fn`` on the plugin thread between jobs (plugins never see a half reload)."""
+        loop = self._loop
+        if loop is None or self._thread is None or not self._thread.is_alive():
+            return fn()
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                done.set_result(fn())
+            except BaseException as err:
+                done.set_exception(err)
+
+        loop.call_soon_threadsafe(run)
+        return done.result(timeout)
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
