@@ -259,3 +259,28 @@ def test_sighup_reloads_plugin_code_without_failed_requests(cli, origin, tmp_pat
         loader.join()
     assert count[0] > 5
     assert failures == [], failures[:5]
+
+
+def test_sighup_with_a_broken_plugin_file_keeps_the_node_serving(cli, origin, tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "stamp.py").write_text(PLUGIN_V.format(version="1"))
+    node = tmp_path / "node.yaml"
+    node.write_text("plugin_paths: [plugins]\n")
+    routes = tmp_path / "apisix.yaml"
+    routes.write_text(
+        "routes:\n  - uri: /*\n    plugins:\n      test-stamp: {}\n"
+        f'    upstream:\n      nodes:\n        "{origin.addr}": 1\n#END\n'
+    )
+    port = free_port()
+    g = cli(
+        "--config", str(node), "--routes", str(routes), "--listen", f"127.0.0.1:{port}", port=port
+    )
+    write_config(plugins / "stamp.py", "this is not python (")
+    g.proc.send_signal(signal.SIGHUP)
+    time.sleep(1.0)
+    assert g.proc.poll() is None, "a broken plugin file took the node down"
+    r = request(g.base, "/")
+    assert r.status == 200 and r.json()["headers"]["x-version"] == "1"
+    _, out = g.stop()
+    assert "reload failed" in out

@@ -257,7 +257,7 @@ class UpstreamChanges:
         ) or bool(self.set_headers or self.removed_headers)
 
 
-def _parse_args(query: str) -> dict[str, str]:
+def parse_args(query: str) -> dict[str, str]:
     args: dict[str, str] = {}
     for key, value in parse_qsl(query, keep_blank_values=True):
         args.setdefault(key, value)
@@ -299,7 +299,7 @@ class SimpleCtx:
         self._method = method.upper()
         self._uri = path
         self._query = query
-        self._args = _parse_args(query)
+        self._args = parse_args(query)
         self._host = host if host is not None else self._host_from_headers()
         self.scheme = scheme
         self.remote_addr = remote_addr
@@ -369,7 +369,7 @@ class SimpleCtx:
     @query.setter
     def query(self, value: str) -> None:
         self._query = value or ""
-        self._args = _parse_args(self._query)
+        self._args = parse_args(self._query)
         self.changes.query = self._query
 
     @property

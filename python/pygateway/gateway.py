@@ -25,7 +25,7 @@ from .config import (
 )
 from .config.compile import change_set_json, is_empty
 from .pipeline import Pipeline
-from .plugin import PHASES, Plugin, PluginRegistry, RegistryCatalog
+from .plugin import PHASES, Plugin, PluginError, PluginRegistry, RegistryCatalog
 from .runner import PluginRunner, PluginView
 
 log = logging.getLogger("pygateway")
@@ -149,8 +149,8 @@ class Gateway:
             try:
                 self.reload_plugins()
                 self.reload()
-            except ConfigError as err:
-                log.error("reload failed, keeping the previous config:\n%s", err)
+            except (ConfigError, PluginError) as err:
+                log.error("reload failed, keeping the previous plugins and config:\n%s", err)
 
         previous = {
             s: signal.signal(s, h)

@@ -18,10 +18,11 @@ from typing import Any
 from urllib.parse import quote
 
 from . import _core
-from .ctx import SimpleCtx
+from .ctx import Headers, SimpleCtx, UpstreamChanges, Vars, parse_args
 from .pipeline import REQUEST_PHASES, Execution, Pipeline, Plan, PluginResponse
 
 log = logging.getLogger("pygateway.runner")
+PLUGIN_LOG = logging.getLogger("pygateway.plugins")
 
 STALE_AFTER = 300.0
 """Seconds after which a request's plugin run is dropped if its log phase never came."""
@@ -39,6 +40,80 @@ class PluginView:
     """The ``plugins`` of each global rule."""
     consumers: Sequence[dict[str, Any]] = ()
     plugin_metadata: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class NativeCtx(SimpleCtx):
+    """A :class:`SimpleCtx` over a native job, filled on first use.
+
+    Only what a plugin touches is fetched from Rust: a plugin that sets one header never
+    pays for the request headers, args or variables. The lazily made attributes are exactly
+    those ``SimpleCtx.__init__`` sets; once made they are plain attributes.
+    """
+
+    def __init__(self, job: _core.Job, route: Mapping[str, Any], view: PluginView) -> None:
+        # SimpleCtx.__init__ is not called: __getattr__ makes its attributes on demand.
+        self._job = job
+        self._route = route
+        self._view = view
+        self.state: dict[str, Any] = {}
+        self.consumer: dict[str, Any] | None = None
+        self.consumer_name: str | None = None
+        self.consumer_group_id: str | None = None
+        self.changes = UpstreamChanges()
+        self.plugin_name = ""
+        self.log: logging.Logger = PLUGIN_LOG
+
+    def __getattr__(self, name: str) -> Any:
+        job = self.__dict__.get("_job")
+        if job is None:  # not made by __init__ (copy, pickle): nothing to fill from
+            raise AttributeError(name)
+        value: Any
+        if name == "_headers":
+            value = Headers(job.headers())
+        elif name == "_method":
+            value = job.method
+        elif name == "_uri":
+            value = job.path
+        elif name == "_query":
+            value = job.query or ""
+        elif name == "_args":
+            value = parse_args(self._query)
+        elif name == "_host":
+            value = job.host
+        elif name == "scheme":
+            value = "http"
+        elif name == "remote_addr":
+            value = job.remote_addr
+        elif name == "server_port":
+            value = job.server_port
+        elif name == "route_id":
+            value = job.route_id
+        elif name == "route_name":
+            value = self._route.get("name")
+        elif name == "service_id":
+            value = self._route.get("service_id")
+        elif name == "params":
+            value = dict(job.params())
+        elif name == "request_uri":
+            value = job.request_uri
+        elif name in ("_body", "_body_reader", "client_max_body_size"):
+            value = None
+        elif name == "_consumers":
+            value = list(self._view.consumers)
+        elif name == "_plugin_metadata":
+            value = dict(self._view.plugin_metadata)
+        elif name == "_plugin_attr":
+            value = {}
+        elif name == "status":
+            value = 200
+        elif name == "response_headers":
+            value = Headers()
+        elif name == "var":
+            value = Vars(self)
+        else:
+            raise AttributeError(name)
+        setattr(self, name, value)
+        return value
 
 
 @dataclass(frozen=True)
@@ -204,22 +279,7 @@ class PluginRunner:
     def _begin(self, job: _core.Job) -> Execution:
         view = self.view
         route = view.routes.get(job.route_id, {})
-        ctx = SimpleCtx(
-            method=job.method,
-            path=job.path,
-            query=job.query or "",
-            headers=job.headers(),
-            host=job.host,
-            remote_addr=job.remote_addr,
-            server_port=job.server_port,
-            route_id=job.route_id,
-            route_name=route.get("name"),
-            service_id=route.get("service_id"),
-            params=dict(job.params()),
-            consumers=view.consumers,
-            plugin_metadata=view.plugin_metadata,
-        )
-        ctx.request_uri = job.request_uri
+        ctx = NativeCtx(job, route, view)
         return self.pipeline.start(ctx, route.get("plugins") or {}, view.global_rules)
 
     def _debug(self, run: Execution) -> str | None:
