@@ -129,8 +129,14 @@ impl PyDataPlane {
                 phase: job.phase,
                 reply: Mutex::new(job.reply),
                 job: Job { reply: None, ..job },
+                bridge: self.inner.bridge().clone(),
             })
             .collect()
+    }
+
+    /// Delivers the outcomes of completed jobs (call after each batch).
+    fn flush(&self) {
+        self.inner.bridge().flush();
     }
 }
 
@@ -140,6 +146,7 @@ struct PyJob {
     phase: Phase,
     job: Job,
     reply: Mutex<Option<tokio::sync::oneshot::Sender<Outcome>>>,
+    bridge: std::sync::Arc<crate::pipeline::Bridge>,
 }
 
 fn pairs(h: &http::HeaderMap) -> Vec<(String, String)> {
@@ -160,8 +167,7 @@ impl PyJob {
             .lock()
             .take()
             .ok_or_else(|| CoreError::new_err("this job was already completed"))?;
-        // The request may be gone (client closed): nothing to do then.
-        let _ = tx.send(outcome);
+        self.bridge.complete_later(tx, outcome);
         Ok(())
     }
 }

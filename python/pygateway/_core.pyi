@@ -39,6 +39,8 @@ class DataPlane:
         """Readable when plugin jobs are queued (watch it, then call ``take_jobs``)."""
     def take_jobs(self) -> list[Job]:
         """Every queued plugin job."""
+    def flush(self) -> None:
+        """Deliver the outcomes of completed jobs (one wake-up of the data plane per batch)."""
 
 @final
 class Job:

@@ -188,6 +188,7 @@ class PluginRunner:
             except Exception:
                 log.exception("plugin runner failed on a %s job", job.phase)
                 self._fail(job)
+        self._plane.flush()
         now = time.monotonic()
         if now - self._last_sweep > 10:
             self._last_sweep = now
@@ -270,6 +271,8 @@ class PluginRunner:
                 done(await coro)
             except Exception:
                 log.exception("async plugin phase failed")
+            finally:
+                self._plane.flush()
 
         # The loop keeps only weak references to tasks: hold them until they finish.
         t = asyncio.ensure_future(task())

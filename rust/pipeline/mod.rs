@@ -134,6 +134,7 @@ pub struct Job {
 /// The queue between data-plane threads and the Python runner.
 pub struct Bridge {
     queue: Mutex<VecDeque<Job>>,
+    outbox: Mutex<Vec<(oneshot::Sender<Outcome>, Outcome)>>,
     wake_tx: UnixStream,
     wake_rx: UnixStream,
     wake_pending: AtomicBool,
@@ -148,6 +149,7 @@ impl Bridge {
         rx.set_nonblocking(true)?;
         Ok(Bridge {
             queue: Mutex::new(VecDeque::new()),
+            outbox: Mutex::new(Vec::new()),
             wake_tx: tx,
             wake_rx: rx,
             wake_pending: AtomicBool::new(false),
@@ -173,6 +175,21 @@ impl Bridge {
     pub fn wake_fd(&self) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;
         self.wake_rx.as_raw_fd()
+    }
+
+    /// Holds an outcome until [`Bridge::flush`]: completing a batch of jobs together wakes
+    /// the data-plane thread once instead of once per job.
+    pub fn complete_later(&self, reply: oneshot::Sender<Outcome>, outcome: Outcome) {
+        self.outbox.lock().push((reply, outcome));
+    }
+
+    /// Delivers every held outcome.
+    pub fn flush(&self) {
+        let done = std::mem::take(&mut *self.outbox.lock());
+        for (reply, outcome) in done {
+            // The request may be gone (client closed): nothing to do then.
+            let _ = reply.send(outcome);
+        }
     }
 
     /// Takes every queued job; clears the wake-up first so none is lost.
@@ -231,6 +248,19 @@ mod tests {
             1,
             "the wake flag is re-armed after a take"
         );
+    }
+
+    #[test]
+    fn held_outcomes_arrive_on_flush() {
+        let b = Bridge::new().unwrap();
+        let (j, mut rx) = job(&b);
+        b.submit(j);
+        let mut jobs = b.take_all();
+        let tx = jobs[0].reply.take().unwrap();
+        b.complete_later(tx, Outcome::Continue(Changes::default()));
+        assert!(rx.try_recv().is_err(), "delivered before flush");
+        b.flush();
+        assert!(matches!(rx.try_recv(), Ok(Outcome::Continue(_))));
     }
 
     #[test]
