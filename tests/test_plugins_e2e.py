@@ -241,3 +241,30 @@ def test_routes_without_plugins_never_cross_into_python(plugin_gateway, origin):
 def test_debug_header_says_no_plugin_when_none_ran(plugin_gateway, origin):
     gw = plugin_gateway([route("/*", origin.addr)], debug=True)
     assert request(gw.url, "/").headers["apisix-plugins"] == "no plugin"
+
+
+def test_plugins_cannot_change_message_framing(origin):
+    routes = [
+        route(
+            "/up",
+            origin.addr,
+            plugins={"proxy-rewrite": {"headers": {"set": {"Content-Length": "3"}}}},
+        ),
+        {
+            "uri": "/mock",
+            "plugins": {
+                "mocking": {
+                    "response_example": "forty-five bytes of mocked body, give or take.",
+                    "response_headers": {"Content-Length": "1"},
+                }
+            },
+        },
+    ]
+    with Gateway(config={"routes": routes}, listen=["127.0.0.1:0"], workers=1) as gw:
+        r = request(gw.url, "/up", method="POST", body=b"GET /smuggled HTTP/1.1\r\n\r\n")
+        assert r.status == 200
+        assert r.json()["body"] == "GET /smuggled HTTP/1.1\r\n\r\n", "the body was cut short"
+        assert origin.requests == 1, "a request was smuggled to the upstream"
+        m = request(gw.url, "/mock")
+        assert m.body == b"forty-five bytes of mocked body, give or take."
+        assert m.headers["content-length"] == str(len(m.body))

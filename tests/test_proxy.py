@@ -328,3 +328,62 @@ def test_stop_closes_idle_keepalive_connections_without_waiting_for_drain(gatewa
     gw.stop(drain_timeout=10)
     assert time.monotonic() - t0 < 2, "an idle keep-alive connection held the drain"
     idle.close()
+
+
+def test_timeout_after_the_body_went_out_is_not_retried(gateway, blackhole, origin_b):
+    # node a reads nothing and never answers; a retry would send b a POST without its body
+    up = {
+        "nodes": [
+            {"host": "127.0.0.1", "port": blackhole.port, "weight": 1, "priority": 1},
+            {"host": "127.0.0.1", "port": origin_b.port, "weight": 1, "priority": 0},
+        ],
+        "retries": 1,
+        "timeout": {"connect": 1, "send": 1, "read": 0.5},
+    }
+    gw = gateway({"routes": [{"uri": "/*", "upstream": up}]})
+    r = request(gw.url, "/x", method="POST", body=b"hello world")
+    assert r.status == 504
+    assert origin_b.requests == 0, "a request whose body was consumed was sent again"
+    # a bodyless GET that timed out is still retried on the next node
+    assert request(gw.url, "/x").status == 200
+
+
+def test_client_stalling_its_body_gets_408(gateway, origin):
+    up = {"nodes": {origin.addr: 1}, "timeout": {"connect": 1, "send": 1, "read": 0.5}}
+    gw = gateway({"routes": [{"uri": "/*", "upstream": up}]})
+    t0 = time.monotonic()
+    reply = raw(
+        gw.url, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nhello", timeout=5
+    )
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:100]
+    assert time.monotonic() - t0 < 3
+
+
+def test_reset_on_a_reused_connection_is_retried_on_a_fresh_one(gateway):
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    port = srv.getsockname()[1]
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    def serve() -> None:
+        first, _ = srv.accept()
+        first.recv(65536)
+        first.sendall(ok)  # keep-alive
+        first.recv(65536)  # the second request on the same connection: reset it
+        first.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        first.close()
+        second, _ = srv.accept()
+        second.recv(65536)
+        second.sendall(ok)
+        second.close()
+
+    import threading
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    gw = gateway({"routes": [route("/*", f"127.0.0.1:{port}")]}, workers=1)
+    assert request(gw.url, "/").body == b"ok"
+    assert request(gw.url, "/").body == b"ok", "a stale keep-alive reset reached the client"
+    t.join(5)
+    srv.close()

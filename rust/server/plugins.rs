@@ -123,11 +123,31 @@ pub fn apply(parts: &mut Parts, c: &Changes) {
     }
 }
 
+/// Headers that frame a message or describe a connection: the gateway owns them, plugins
+/// cannot set or remove them (they would desynchronise client or upstream: smuggling).
+fn framing_header(n: &HeaderName) -> bool {
+    use http::header;
+    [
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::UPGRADE,
+        header::HOST,
+    ]
+    .contains(n)
+        || n.as_str() == "keep-alive"
+        || n.as_str() == "proxy-connection"
+}
+
 /// Header changes, on the prepared upstream head.
 pub fn apply_headers(headers: &mut HeaderMap, c: &Changes) {
     for name in &c.remove_headers {
         if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
-            headers.remove(n);
+            if !framing_header(&n) {
+                headers.remove(n);
+            }
         }
     }
     for (name, value) in &c.set_headers {
@@ -135,7 +155,9 @@ pub fn apply_headers(headers: &mut HeaderMap, c: &Changes) {
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(value),
         ) {
-            headers.insert(n, v);
+            if !framing_header(&n) {
+                headers.insert(n, v);
+            }
         }
     }
 }
@@ -154,7 +176,7 @@ pub fn response(
     r
 }
 
-/// Replaces status and headers after header_filter.
+/// Replaces status and headers after header_filter; the body's framing stays the gateway's.
 pub fn replace_head(
     resp: &mut Response<ResponseBody>,
     status: u16,
@@ -164,8 +186,12 @@ pub fn replace_head(
         *resp.status_mut() = s;
     }
     let h = resp.headers_mut();
+    let length = h.get(http::header::CONTENT_LENGTH).cloned();
     h.clear();
     append(h, headers);
+    if let Some(l) = length {
+        h.insert(http::header::CONTENT_LENGTH, l);
+    }
 }
 
 /// The `Apisix-Plugins` debug header.
@@ -182,7 +208,10 @@ fn append(h: &mut HeaderMap, headers: Vec<(String, String)>) {
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(&value),
         ) {
-            h.append(n, v);
+            // hyper frames the body it is given; a plugin's length could split the response.
+            if !framing_header(&n) || n == http::header::HOST {
+                h.append(n, v);
+            }
         }
     }
 }
@@ -216,5 +245,17 @@ mod tests {
         assert_eq!(h.get("x-new").unwrap(), "v");
         assert!(h.get("x-drop").is_none());
         assert_eq!(h.len(), 2);
+        let framing = Changes {
+            set_headers: vec![("Content-Length".into(), "3".into())],
+            remove_headers: vec!["transfer-encoding".into()],
+            ..Changes::default()
+        };
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        apply_headers(&mut h, &framing);
+        assert!(
+            h.get("content-length").is_none(),
+            "a plugin set the framing"
+        );
+        assert!(h.get("transfer-encoding").is_some());
     }
 }

@@ -1,6 +1,8 @@
 //! The request pipeline, top to bottom: parse → route → pick a node → forward → stream back.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -179,8 +181,37 @@ enum Failure {
     Bad(String),
     /// Connect, send or read timeout → 504; may be retried.
     Timeout(String),
-    /// Failed after the client's body was (partly) sent: it cannot be sent again → 502.
+    /// Failed after the request could no longer be sent again (its body is consumed, or a
+    /// non-idempotent request went out) → 502, no retry.
     Spent(String),
+    /// A timeout in the same situation → 504, no retry.
+    SpentTimeout(String),
+    /// The client's body failed: 400, or 408 when it stalled; no retry.
+    Client(StatusCode, String),
+}
+
+impl Failure {
+    fn message(&self) -> &str {
+        match self {
+            Failure::Bad(m)
+            | Failure::Timeout(m)
+            | Failure::Spent(m)
+            | Failure::SpentTimeout(m)
+            | Failure::Client(_, m) => m,
+        }
+    }
+
+    fn retryable(&self) -> bool {
+        matches!(self, Failure::Bad(_) | Failure::Timeout(_))
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Failure::Bad(_) | Failure::Spent(_) => StatusCode::BAD_GATEWAY,
+            Failure::Timeout(_) | Failure::SpentTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Failure::Client(s, _) => *s,
+        }
+    }
 }
 
 impl Forward {
@@ -206,6 +237,9 @@ impl Forward {
         }
         let timeouts = self.route.timeout.or(upstream.timeouts).unwrap_or_default();
         prepare_upstream_head(&mut parts, &self, conn, state);
+        let mut body = (!body.is_end_stream()).then_some(body);
+        // Framing follows the client's own request, whatever plugins do to headers.
+        let chunked = body.is_some() && !parts.headers.contains_key(header::CONTENT_LENGTH);
         if let Some(c) = &changes {
             plugins::apply_headers(&mut parts.headers, c);
         }
@@ -214,8 +248,6 @@ impl Forward {
             .path_and_query()
             .map(|p| p.as_str().to_owned())
             .unwrap_or_else(|| "/".to_owned());
-        let mut body = (!body.is_end_stream()).then_some(body);
-        let chunked = body.is_some() && !parts.headers.contains_key(header::CONTENT_LENGTH);
         let deadline = upstream.retry_timeout.map(|t| Instant::now() + t);
         let mut tried: Vec<usize> = Vec::new();
         let mut last = Failure::Bad("no node tried".into());
@@ -238,11 +270,9 @@ impl Forward {
                         upstream.key,
                         node.host,
                         node.port,
-                        match &failure {
-                            Failure::Bad(m) | Failure::Timeout(m) | Failure::Spent(m) => m,
-                        }
+                        failure.message()
                     );
-                    let spent = matches!(failure, Failure::Spent(_));
+                    let spent = !failure.retryable();
                     last = failure;
                     let tries_left = tried.len() <= upstream.retries as usize;
                     if spent || !tries_left || deadline.is_some_and(|d| Instant::now() >= d) {
@@ -251,10 +281,7 @@ impl Forward {
                 }
             }
         }
-        match last {
-            Failure::Timeout(_) => html_error(StatusCode::GATEWAY_TIMEOUT),
-            Failure::Bad(_) | Failure::Spent(_) => html_error(StatusCode::BAD_GATEWAY),
-        }
+        html_error(last.status())
     }
 }
 
@@ -300,7 +327,8 @@ async fn exchange(
             }
         };
         let send = secs(timeouts.send);
-        let sent_body = body.is_some();
+        let head_sent = AtomicBool::new(false);
+        let body_taken = AtomicBool::new(false);
         let result = async {
             timed(
                 send,
@@ -308,9 +336,18 @@ async fn exchange(
                     .write_head(req.method, req.target, req.headers, req.chunked),
             )
             .await?;
+            head_sent.store(true, Relaxed);
             if let Some(mut b) = body.take() {
-                while let Some(frame) = b.frame().await {
-                    let frame = frame.map_err(|e| SendFailure::Client(e.to_string()))?;
+                body_taken.store(true, Relaxed);
+                // A client that stops sending its body is cut off like nginx's
+                // client_body_timeout (here: the read timeout of the route/upstream).
+                let stall = secs(timeouts.read);
+                loop {
+                    let frame = match tokio::time::timeout(stall, b.frame()).await {
+                        Err(_) => return Err(SendFailure::ClientTimeout),
+                        Ok(None) => break,
+                        Ok(Some(f)) => f.map_err(|e| SendFailure::Client(e.to_string()))?,
+                    };
                     if let Ok(data) = frame.into_data() {
                         timed(send, conn.conn.write_body(&data, req.chunked)).await?;
                     }
@@ -327,22 +364,47 @@ async fn exchange(
             }
         }
         .await;
+        // Sending again is safe only if nothing of the body is gone and, once the head went
+        // out, only for idempotent methods (nginx's proxy_next_upstream rule).
+        let resendable =
+            !body_taken.load(Relaxed) && (!head_sent.load(Relaxed) || idempotent(req.method));
         return match result {
             Ok(head) => Ok((head, conn)),
-            Err(SendFailure::Stale) if conn.reused && !sent_body => {
+            Err(SendFailure::Stale) if conn.reused && !body_taken.load(Relaxed) => {
                 fresh_only = true;
                 continue;
             }
-            Err(SendFailure::Stale) if sent_body => {
-                Err(Failure::Spent("upstream closed the connection".into()))
+            Err(SendFailure::Stale) if resendable => {
+                Err(Failure::Bad("upstream closed the connection".into()))
             }
-            Err(SendFailure::Stale) => Err(Failure::Bad("upstream closed the connection".into())),
-            Err(SendFailure::Timeout(m)) => Err(Failure::Timeout(m.into())),
-            Err(SendFailure::Client(m)) => Err(Failure::Spent(format!("client body: {m}"))),
-            Err(SendFailure::Upstream(m)) if sent_body => Err(Failure::Spent(m)),
-            Err(SendFailure::Upstream(m)) => Err(Failure::Bad(m)),
+            Err(SendFailure::Stale) => Err(Failure::Spent("upstream closed the connection".into())),
+            Err(SendFailure::Timeout(m)) if resendable => Err(Failure::Timeout(m.into())),
+            Err(SendFailure::Timeout(m)) => Err(Failure::SpentTimeout(m.into())),
+            Err(SendFailure::ClientTimeout) => Err(Failure::Client(
+                StatusCode::REQUEST_TIMEOUT,
+                "client stopped sending its body".into(),
+            )),
+            Err(SendFailure::Client(m)) => Err(Failure::Client(
+                StatusCode::BAD_REQUEST,
+                format!("client body: {m}"),
+            )),
+            Err(SendFailure::Upstream(m)) if resendable => Err(Failure::Bad(m)),
+            Err(SendFailure::Upstream(m)) => Err(Failure::Spent(m)),
         };
     }
+}
+
+fn idempotent(m: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(m)
 }
 
 /// Failures inside one exchange, before they are mapped to a [`Failure`].
@@ -353,6 +415,8 @@ enum SendFailure {
     Timeout(&'static str),
     /// The client's body failed (client went away).
     Client(String),
+    /// The client stalled while sending its body.
+    ClientTimeout,
     /// Any other upstream error.
     Upstream(String),
 }
@@ -382,9 +446,16 @@ fn respond(
 ) -> Response<ResponseBody> {
     let mut headers = head.headers;
     strip_hop_by_hop(&mut headers);
-    if matches!(head.framing, Framing::Chunked | Framing::Close) {
+    match head.framing {
         // The length (if any) is not what the body will be: the client gets chunked.
-        headers.remove(header::CONTENT_LENGTH);
+        Framing::Chunked | Framing::Close => {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        // One canonical value, never an upstream's list such as "2, 2".
+        Framing::Length(n) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        Framing::Empty => {}
     }
     let status = head.status;
     headers.insert(header::SERVER, HeaderValue::from_static(SERVER));

@@ -279,6 +279,9 @@ pub fn normalize_path(raw: &str) -> Option<Cow<'_, str>> {
     while i < bytes.len() {
         if bytes[i] == b'%' {
             let hex = bytes.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
             let v = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
             if v == 0 {
                 return None;
@@ -352,6 +355,7 @@ mod tests {
         assert_eq!(normalize_path("/a%00b"), None);
         assert_eq!(normalize_path("/a%ff"), None);
         assert_eq!(normalize_path("/a%2"), None);
+        assert_eq!(normalize_path("/a%+9"), None);
     }
 
     #[test]

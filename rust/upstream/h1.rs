@@ -169,7 +169,14 @@ impl H1Conn {
                 return Err(ExchangeError::Malformed("response head too large"));
             }
             self.buf.reserve(READ_CHUNK);
-            let n = read_some(&mut self.io, &mut self.buf).await?;
+            let n = match read_some(&mut self.io, &mut self.buf).await {
+                Ok(n) => n,
+                // A reset before any response byte is the same stale keep-alive as a close.
+                Err(e) if !got_any && self.buf.is_empty() && is_reset(&e) => {
+                    return Err(ExchangeError::ClosedEarly)
+                }
+                Err(e) => return Err(e.into()),
+            };
             if n == 0 {
                 return Err(if got_any || !self.buf.is_empty() {
                     ExchangeError::Malformed("connection closed inside the response head")
@@ -260,6 +267,11 @@ fn tokens(values: &[HeaderValue]) -> impl Iterator<Item = &str> {
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|t| !t.is_empty())
+}
+
+fn is_reset(e: &io::Error) -> bool {
+    use io::ErrorKind::*;
+    matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
 }
 
 async fn read_some(io: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
