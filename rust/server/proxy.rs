@@ -314,7 +314,11 @@ async fn exchange(
         let mut conn = match pooled {
             Some(c) => c,
             None => {
-                let addr = node.resolve().await.map_err(Failure::Bad)?;
+                let addr = match tokio::time::timeout(secs(timeouts.connect), node.resolve()).await
+                {
+                    Ok(resolved) => resolved.map_err(Failure::Bad)?,
+                    Err(_) => return Err(Failure::Timeout("name resolution timed out".into())),
+                };
                 match pool::connect(addr, secs(timeouts.connect)).await {
                     Ok(c) => c,
                     Err(ConnectError::Timeout) => {
