@@ -275,7 +275,12 @@ impl Forward {
                     let spent = !failure.retryable();
                     last = failure;
                     let tries_left = tried.len() <= upstream.retries as usize;
-                    if spent || !tries_left || deadline.is_some_and(|d| Instant::now() >= d) {
+                    if spent || !tries_left {
+                        break;
+                    }
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        // APISIX: a retry past retry_timeout is refused with 502.
+                        last = Failure::Spent("proxy retry timeout".into());
                         break;
                     }
                 }
