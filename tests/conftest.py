@@ -41,6 +41,7 @@ def request(
 ) -> Reply:
     """One request on a new connection."""
     host, _, port = base.removeprefix("http://").rpartition(":")
+    host = host.strip("[]")  # IPv6 literal
     conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
     try:
         conn.request(method, path, body=body, headers=headers or {})
@@ -54,7 +55,7 @@ def request(
 def raw(base: str, data: bytes, timeout: float = 5) -> bytes:
     """Send raw bytes, return everything read until the server closes or goes quiet."""
     host, _, port = base.removeprefix("http://").rpartition(":")
-    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as s:
         s.sendall(data)
         out = b""
         try:

@@ -388,3 +388,38 @@ def test_reset_on_a_reused_connection_is_retried_on_a_fresh_one(gateway):
     assert request(gw.url, "/").body == b"ok", "a stale keep-alive reset reached the client"
     t.join(5)
     srv.close()
+
+
+def test_ipv6_listener_and_ipv6_node(gateway):
+    import http.server
+    import threading
+
+    class Echo(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = self.headers.get("Host", "").encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    class V6(http.server.ThreadingHTTPServer):
+        address_family = socket.AF_INET6
+
+    try:
+        srv = V6(("::1", 0), Echo)
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    port = srv.server_address[1]
+    up = {"nodes": {f"[::1]:{port}": 1}, "pass_host": "node"}
+    gw = gateway({"routes": [{"uri": "/*", "upstream": up}]}, listen=["[::1]:0"])
+    assert gw.addresses[0].startswith("[::1]:")
+    r = request(gw.url, "/")
+    assert (r.status, r.body) == (200, f"[::1]:{port}".encode())
+    srv.shutdown()
+    srv.server_close()
