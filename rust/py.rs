@@ -128,7 +128,12 @@ impl PyDataPlane {
             .map(|job| PyJob {
                 phase: job.phase,
                 reply: Mutex::new(job.reply),
-                job: Job { reply: None, ..job },
+                body: job.body,
+                job: Job {
+                    reply: None,
+                    body: None,
+                    ..job
+                },
                 bridge: self.inner.bridge().clone(),
             })
             .collect()
@@ -146,6 +151,7 @@ struct PyJob {
     phase: Phase,
     job: Job,
     reply: Mutex<Option<tokio::sync::oneshot::Sender<Outcome>>>,
+    body: Option<tokio::sync::mpsc::UnboundedSender<crate::pipeline::BodyRequest>>,
     bridge: std::sync::Arc<crate::pipeline::Bridge>,
 }
 
@@ -241,6 +247,30 @@ impl PyJob {
     /// All request headers as (lower-case name, value) pairs.
     fn headers(&self) -> Vec<(String, String)> {
         pairs(&self.job.request.headers)
+    }
+    /// The whole client body, read on demand (request phases only); None when it is larger
+    /// than `limit` bytes. Blocks this thread (without the GIL) until the body is in.
+    fn read_body<'py>(
+        &self,
+        py: Python<'py>,
+        limit: usize,
+    ) -> PyResult<Option<Bound<'py, pyo3::types::PyBytes>>> {
+        let Some(tx) = self.body.as_ref() else {
+            return Err(CoreError::new_err(
+                "the request body can only be read in rewrite, access or before_proxy",
+            ));
+        };
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        tx.send(crate::pipeline::BodyRequest { limit, reply })
+            .map_err(|_| CoreError::new_err("the request is gone"))?;
+        let got = py
+            .detach(move || answer.recv_timeout(Duration::from_secs(120)))
+            .map_err(|_| CoreError::new_err("the request body did not arrive"))?;
+        match got {
+            Ok(Some(data)) => Ok(Some(pyo3::types::PyBytes::new(py, &data))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(CoreError::new_err(e)),
+        }
     }
     /// Captured path parameters.
     fn params(&self) -> Vec<(String, String)> {

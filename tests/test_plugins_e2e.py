@@ -78,6 +78,24 @@ class Slow(Plugin):
         return None
 
 
+class BodyReader(Plugin):
+    """Reads the client body in access (sync or async) and reports its size upstream."""
+
+    name = "test-body"
+    priority = 20
+    schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {"reject": {"type": "string"}},
+    }
+
+    def access(self, conf: dict[str, Any], ctx: Any) -> Any:
+        body = ctx.body()
+        if conf.get("reject") and conf["reject"].encode() in body:
+            return 400, {"error_msg": "rejected body"}
+        ctx.set_header("X-Body-Size", str(len(body)))
+        return None
+
+
 @pytest.fixture
 def plugin_gateway(origin):
     made: list[Gateway] = []
@@ -86,7 +104,7 @@ def plugin_gateway(origin):
         node.setdefault("listen", ["127.0.0.1:0"])
         node.setdefault("workers", 2)
         gw = Gateway(config={"routes": routes}, **node)
-        for cls in (Recorder, Boom, Slow):
+        for cls in (Recorder, Boom, Slow, BodyReader):
             gw.register_plugin(cls)
         made.append(gw.start())
         return gw
@@ -268,3 +286,32 @@ def test_plugins_cannot_change_message_framing(origin):
         m = request(gw.url, "/mock")
         assert m.body == b"forty-five bytes of mocked body, give or take."
         assert m.headers["content-length"] == str(len(m.body))
+
+
+def test_plugin_reads_the_body_and_the_upstream_still_gets_it(plugin_gateway, origin):
+    gw = plugin_gateway([route("/*", origin.addr, plugins={"test-body": {"reject": "evil"}})])
+    payload = b"x" * 70_000
+    r = request(gw.url, "/", method="POST", body=payload)
+    assert r.status == 200
+    echo = r.json()
+    assert echo["headers"]["x-body-size"] == str(len(payload))
+    assert echo["body"].encode() == payload, "the body read by the plugin did not go upstream"
+    bad = request(gw.url, "/", method="POST", body=b"some evil content")
+    assert bad.status == 400
+    # a chunked upload, read whole by the plugin, still reaches the upstream whole
+    import http.client
+    import json
+
+    host, _, port = gw.addresses[0].rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("POST", "/", body=iter([b"ab", b"cd", b"ef"]), encode_chunked=True)
+    got = json.loads(conn.getresponse().read())
+    conn.close()
+    assert got["body"] == "abcdef" and got["headers"]["x-body-size"] == "6"
+    assert request(gw.url, "/", method="GET").json()["headers"]["x-body-size"] == "0"
+
+
+def test_body_over_the_plugin_limit_is_413(plugin_gateway, origin):
+    gw = plugin_gateway([route("/*", origin.addr, plugins={"test-body": {}})])
+    r = request(gw.url, "/", method="POST", body=b"y" * (1024 * 1024 + 1))
+    assert r.status == 413

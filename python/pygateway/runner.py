@@ -18,11 +18,21 @@ from typing import Any
 from urllib.parse import quote
 
 from . import _core
-from .ctx import Headers, SimpleCtx, UpstreamChanges, Vars, parse_args
+from .ctx import (
+    Headers,
+    RequestBodyTooLarge,
+    SimpleCtx,
+    UpstreamChanges,
+    Vars,
+    parse_args,
+)
 from .pipeline import REQUEST_PHASES, Execution, Pipeline, Plan, PluginResponse
 
 log = logging.getLogger("pygateway.runner")
 PLUGIN_LOG = logging.getLogger("pygateway.plugins")
+
+PLUGIN_BODY_LIMIT = 1024 * 1024
+"""Most bytes of a request body a plugin may read (nginx's client_max_body_size default)."""
 
 STALE_AFTER = 300.0
 """Seconds after which a request's plugin run is dropped if its log phase never came."""
@@ -63,6 +73,13 @@ class NativeCtx(SimpleCtx):
         self.plugin_name = ""
         self.log: logging.Logger = PLUGIN_LOG
 
+    def _read_body(self) -> bytes:
+        """The client body from the data plane (buffered there, then also sent upstream)."""
+        data = self._job.read_body(self.client_max_body_size or PLUGIN_BODY_LIMIT)
+        if data is None:
+            raise RequestBodyTooLarge(f"request body larger than {self.client_max_body_size} bytes")
+        return data
+
     def __getattr__(self, name: str) -> Any:
         job = self.__dict__.get("_job")
         if job is None:  # not made by __init__ (copy, pickle): nothing to fill from
@@ -96,8 +113,12 @@ class NativeCtx(SimpleCtx):
             value = dict(job.params())
         elif name == "request_uri":
             value = job.request_uri
-        elif name in ("_body", "_body_reader", "client_max_body_size"):
+        elif name == "_body":
             value = None
+        elif name == "_body_reader":
+            value = self._read_body
+        elif name == "client_max_body_size":
+            value = PLUGIN_BODY_LIMIT
         elif name == "_consumers":
             value = list(self._view.consumers)
         elif name == "_plugin_metadata":

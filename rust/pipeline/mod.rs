@@ -129,6 +129,16 @@ pub struct Job {
     pub response: Option<ResponseData>,
     /// Where the outcome goes (none for log).
     pub reply: Option<oneshot::Sender<Outcome>>,
+    /// Request phases: where a plugin asks for the client's body.
+    pub body: Option<tokio::sync::mpsc::UnboundedSender<BodyRequest>>,
+}
+
+/// A plugin asks for the whole client body, at most `limit` bytes.
+pub struct BodyRequest {
+    /// The most bytes accepted.
+    pub limit: usize,
+    /// The body, or `None` when it is larger than `limit`, or an error text.
+    pub reply: std::sync::mpsc::SyncSender<Result<Option<Bytes>, String>>,
 }
 
 /// The queue between data-plane threads and the Python runner.
@@ -226,6 +236,7 @@ mod tests {
                 request: Arc::new(req),
                 response: None,
                 reply: Some(tx),
+                body: None,
             },
             rx,
         )

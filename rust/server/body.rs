@@ -10,7 +10,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::Sleep;
 
 use crate::pipeline::{Bridge, Job};
@@ -19,6 +20,62 @@ use crate::upstream::pool::Pool;
 
 /// Boxed error for body streams.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// The client's request body on its way upstream.
+pub enum RequestBody {
+    /// No body.
+    None,
+    /// Streamed through as it arrives.
+    Stream(Incoming),
+    /// Read whole (a plugin asked for it); can be sent again on a retry.
+    Buffered(Bytes),
+}
+
+impl RequestBody {
+    /// The body of a request.
+    pub fn new(b: Incoming) -> Self {
+        if b.is_end_stream() {
+            RequestBody::None
+        } else {
+            RequestBody::Stream(b)
+        }
+    }
+
+    /// Whether there is a body to send.
+    pub fn is_some(&self) -> bool {
+        !matches!(self, RequestBody::None)
+    }
+
+    /// Reads the whole body (once) for a plugin: `Ok(None)` when it exceeds `limit`.
+    pub async fn buffer(&mut self, limit: usize, stall: Duration) -> Result<Option<Bytes>, String> {
+        match self {
+            RequestBody::None => return Ok(Some(Bytes::new())),
+            RequestBody::Buffered(b) => return Ok((b.len() <= limit).then(|| b.clone())),
+            RequestBody::Stream(_) => {}
+        }
+        let RequestBody::Stream(mut incoming) = std::mem::replace(self, RequestBody::None) else {
+            return Ok(Some(Bytes::new()));
+        };
+        let mut buf = bytes::BytesMut::new();
+        loop {
+            let frame = match tokio::time::timeout(stall, incoming.frame()).await {
+                Err(_) => return Err("client stopped sending its body".into()),
+                Ok(None) => break,
+                Ok(Some(f)) => f.map_err(|e| format!("client body: {e}"))?,
+            };
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > limit {
+                    // Too large: the request cannot go on (its body is partly consumed).
+                    return Ok(None);
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        let whole = buf.freeze();
+        *self = RequestBody::Buffered(whole.clone());
+        Ok(Some(whole))
+    }
+}
 
 /// Where a finished upstream connection goes back to.
 pub struct PoolReturn {

@@ -8,12 +8,14 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response, StatusCode, Uri};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
-use super::body::ResponseBody;
+use super::body::{RequestBody, ResponseBody};
 use super::proxy::{RouteEntry, SERVER};
 use super::request::RequestView;
-use crate::pipeline::{Bridge, Changes, Job, Outcome, Phase, RequestData, ResponseData};
+use crate::pipeline::{
+    BodyRequest, Bridge, Changes, Job, Outcome, Phase, RequestData, ResponseData,
+};
 use crate::router::Matched;
 
 /// The route has plugins with rewrite / access / before_proxy.
@@ -74,8 +76,47 @@ pub async fn cross(
         request: request.clone(),
         response,
         reply: Some(tx),
+        body: None,
     });
-    match tokio::time::timeout(CROSSING_LIMIT, rx).await {
+    finish(phase, tokio::time::timeout(CROSSING_LIMIT, rx).await)
+}
+
+/// The request crossing: while plugins run, serves their requests for the client body
+/// (buffered once, then also what goes upstream).
+pub async fn cross_request(
+    bridge: &Bridge,
+    request: &Arc<RequestData>,
+    body: &mut RequestBody,
+    read_timeout: Duration,
+) -> Option<Outcome> {
+    let (tx, mut rx) = oneshot::channel();
+    let (body_tx, mut body_rx) = mpsc::unbounded_channel::<BodyRequest>();
+    bridge.submit(Job {
+        phase: Phase::Request,
+        request: request.clone(),
+        response: None,
+        reply: Some(tx),
+        body: Some(body_tx),
+    });
+    let limit = tokio::time::sleep(CROSSING_LIMIT);
+    tokio::pin!(limit);
+    loop {
+        tokio::select! {
+            outcome = &mut rx => return finish::<()>(Phase::Request, Ok(outcome)),
+            Some(ask) = body_rx.recv() => {
+                let got = body.buffer(ask.limit, read_timeout).await;
+                let _ = ask.reply.send(got);
+            }
+            _ = &mut limit => return finish(Phase::Request, Err(())),
+        }
+    }
+}
+
+fn finish<E>(
+    phase: Phase,
+    got: Result<Result<Outcome, oneshot::error::RecvError>, E>,
+) -> Option<Outcome> {
+    match got {
         Ok(Ok(outcome)) => Some(outcome),
         Ok(Err(_)) => {
             log::error!("plugin runner dropped a {} job", phase.name());
@@ -102,6 +143,7 @@ pub fn log_after(
             headers: resp.headers().clone(),
         }),
         reply: None,
+        body: None,
     };
     match resp.body_mut() {
         ResponseBody::Upstream(u) => u.on_end(bridge.clone(), job),

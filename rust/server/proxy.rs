@@ -10,11 +10,11 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode, Uri, Version};
-use hyper::body::{Body, Incoming};
+use hyper::body::Incoming;
 
 use http_body_util::BodyExt;
 
-use super::body::{PoolReturn, ResponseBody, UpstreamBody};
+use super::body::{PoolReturn, RequestBody, ResponseBody, UpstreamBody};
 use super::plugins;
 use super::request::{BadRequest, RequestView};
 use super::State;
@@ -72,6 +72,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
     let (mut parts, body) = req.into_parts();
+    let mut body = RequestBody::new(body);
     let (routed, request) = {
         let view = match RequestView::new(&parts, conn.peer, conn.local, &state.trusted) {
             Ok(v) => v,
@@ -106,7 +107,8 @@ pub async fn handle(
     let mut debug = None;
     let mut changes = None;
     if phases & plugins::REQUEST != 0 {
-        match plugins::cross(&state.bridge, Phase::Request, &request, None).await {
+        let stall = routed.route.timeout.unwrap_or_default().read;
+        match plugins::cross_request(&state.bridge, &request, &mut body, secs(stall)).await {
             Some(Outcome::Continue(c)) => {
                 debug = c.debug.clone();
                 changes = Some(c);
@@ -220,7 +222,7 @@ impl Forward {
         state: &State,
         conn: &ConnInfo,
         mut parts: Parts,
-        body: Incoming,
+        mut body: RequestBody,
         changes: Option<Changes>,
     ) -> Response<ResponseBody> {
         let Some(upstream) = self.route.upstream.as_ref().and_then(|s| s.load_full()) else {
@@ -237,7 +239,6 @@ impl Forward {
         }
         let timeouts = self.route.timeout.or(upstream.timeouts).unwrap_or_default();
         prepare_upstream_head(&mut parts, &self, conn, state);
-        let mut body = (!body.is_end_stream()).then_some(body);
         // Framing follows the client's own request, whatever plugins do to headers.
         let chunked = body.is_some() && !parts.headers.contains_key(header::CONTENT_LENGTH);
         if let Some(c) = &changes {
@@ -303,7 +304,7 @@ struct Outgoing<'a> {
 async fn exchange(
     node: &Node,
     req: &Outgoing<'_>,
-    body: &mut Option<Incoming>,
+    body: &mut RequestBody,
     timeouts: &Timeouts,
 ) -> Result<(ResponseHead, Conn), Failure> {
     // A pooled connection may have been closed by the upstream while idle: a failure on it
@@ -346,7 +347,14 @@ async fn exchange(
             )
             .await?;
             head_sent.store(true, Relaxed);
-            if let Some(mut b) = body.take() {
+            if let RequestBody::Buffered(data) = &*body {
+                // Read whole by a plugin: sent as is, and again on a retry.
+                let data = data.clone();
+                timed(send, conn.conn.write_body(&data, req.chunked)).await?;
+                if req.chunked {
+                    timed(send, conn.conn.finish_chunked()).await?;
+                }
+            } else if let RequestBody::Stream(mut b) = std::mem::replace(body, RequestBody::None) {
                 body_taken.store(true, Relaxed);
                 // A client that stops sending its body is cut off like nginx's
                 // client_body_timeout (here: the read timeout of the route/upstream).
