@@ -96,6 +96,16 @@ class BodyReader(Plugin):
         return None
 
 
+class AsyncBodyReader(Plugin):
+    name = "test-body-async"
+    priority = 19
+
+    async def access(self, conf: dict[str, Any], ctx: Any) -> Any:
+        body = await ctx.body_async()
+        ctx.set_header("X-Async-Body-Size", str(len(body)))
+        return None
+
+
 @pytest.fixture
 def plugin_gateway(origin):
     made: list[Gateway] = []
@@ -104,7 +114,7 @@ def plugin_gateway(origin):
         node.setdefault("listen", ["127.0.0.1:0"])
         node.setdefault("workers", 2)
         gw = Gateway(config={"routes": routes}, **node)
-        for cls in (Recorder, Boom, Slow, BodyReader):
+        for cls in (Recorder, Boom, Slow, BodyReader, AsyncBodyReader):
             gw.register_plugin(cls)
         made.append(gw.start())
         return gw
@@ -315,3 +325,11 @@ def test_body_over_the_plugin_limit_is_413(plugin_gateway, origin):
     gw = plugin_gateway([route("/*", origin.addr, plugins={"test-body": {}})])
     r = request(gw.url, "/", method="POST", body=b"y" * (1024 * 1024 + 1))
     assert r.status == 413
+
+
+def test_async_plugin_reads_the_body(plugin_gateway, origin):
+    gw = plugin_gateway([route("/*", origin.addr, plugins={"test-body-async": {}})])
+    r = request(gw.url, "/", method="PUT", body=b"z" * 5000)
+    assert r.status == 200
+    assert r.json()["headers"]["x-async-body-size"] == "5000"
+    assert len(r.json()["body"]) == 5000

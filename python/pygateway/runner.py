@@ -80,6 +80,13 @@ class NativeCtx(SimpleCtx):
             raise RequestBodyTooLarge(f"request body larger than {self.client_max_body_size} bytes")
         return data
 
+    async def body_async(self) -> bytes:
+        """As :meth:`body`, without holding up the plugin thread's other requests."""
+        if self.__dict__.get("_body") is None:
+            loop = asyncio.get_running_loop()
+            self._body = await loop.run_in_executor(None, self._read_body)
+        return self.body()
+
     def __getattr__(self, name: str) -> Any:
         job = self.__dict__.get("_job")
         if job is None:  # not made by __init__ (copy, pickle): nothing to fill from
