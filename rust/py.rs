@@ -272,6 +272,21 @@ impl PyJob {
             Err(e) => Err(CoreError::new_err(e)),
         }
     }
+    /// body_filter: the response body chunk.
+    #[getter]
+    fn chunk<'py>(&self, py: Python<'py>) -> Bound<'py, pyo3::types::PyBytes> {
+        let data = self.job.chunk.as_ref().map(|(d, _)| &d[..]).unwrap_or(b"");
+        pyo3::types::PyBytes::new(py, data)
+    }
+    /// body_filter: whether this is the end of the body.
+    #[getter]
+    fn eof(&self) -> bool {
+        self.job.chunk.as_ref().is_some_and(|(_, eof)| *eof)
+    }
+    /// body_filter: what to send instead of the chunk.
+    fn send_chunk(&self, data: Vec<u8>) -> PyResult<()> {
+        self.complete(Outcome::Chunk(data.into()))
+    }
     /// Captured path parameters.
     fn params(&self) -> Vec<(String, String)> {
         self.job.request.params.clone()

@@ -106,6 +106,17 @@ class AsyncBodyReader(Plugin):
         return None
 
 
+class Shout(Plugin):
+    """Upper-cases the response body chunk by chunk and appends a marker at the end."""
+
+    name = "test-shout"
+    priority = 18
+
+    def body_filter(self, conf: dict[str, Any], ctx: Any, chunk: bytes, eof: bool) -> bytes:
+        out = chunk.upper()
+        return out + b"<END>" if eof else out
+
+
 @pytest.fixture
 def plugin_gateway(origin):
     made: list[Gateway] = []
@@ -114,7 +125,7 @@ def plugin_gateway(origin):
         node.setdefault("listen", ["127.0.0.1:0"])
         node.setdefault("workers", 2)
         gw = Gateway(config={"routes": routes}, **node)
-        for cls in (Recorder, Boom, Slow, BodyReader, AsyncBodyReader):
+        for cls in (Recorder, Boom, Slow, BodyReader, AsyncBodyReader, Shout):
             gw.register_plugin(cls)
         made.append(gw.start())
         return gw
@@ -333,3 +344,22 @@ def test_async_plugin_reads_the_body(plugin_gateway, origin):
     assert r.status == 200
     assert r.json()["headers"]["x-async-body-size"] == "5000"
     assert len(r.json()["body"]) == 5000
+
+
+def test_body_filter_rewrites_the_streamed_response(plugin_gateway, origin):
+    gw = plugin_gateway(
+        [
+            route("/stream/*", origin.addr, plugins={"test-shout": {}}),
+            route(
+                "/rr",
+                origin.addr,
+                plugins={"response-rewrite": {"body": "replaced", "status_code": 201}},
+            ),
+        ]
+    )
+    r = request(gw.url, "/stream/3")
+    assert r.body == b"CHUNK 0\nCHUNK 1\nCHUNK 2\n<END>"
+    rr = request(gw.url, "/rr")
+    assert (rr.status, rr.body) == (201, b"replaced")
+    for _ in range(3):  # keep-alive and pooled connections stay in step
+        assert request(gw.url, "/stream/1").body == b"CHUNK 0\n<END>"

@@ -48,7 +48,8 @@ class Job:
 
     @property
     def phase(self) -> str:
-        """``request`` (rewrite, access, before_proxy), ``header_filter`` or ``log``."""
+        """``request`` (rewrite, access, before_proxy), ``header_filter``, ``body_filter``
+        or ``log``."""
     @property
     def request_id(self) -> int: ...
     @property
@@ -74,6 +75,14 @@ class Job:
     def header(self, name: str) -> str | None: ...
     def headers(self) -> list[tuple[str, str]]: ...
     def params(self) -> list[tuple[str, str]]: ...
+    @property
+    def chunk(self) -> bytes:
+        """body_filter: the response body chunk."""
+    @property
+    def eof(self) -> bool:
+        """body_filter: whether this is the end of the body."""
+    def send_chunk(self, data: bytes) -> None:
+        """body_filter: what to send instead of the chunk."""
     def read_body(self, limit: int) -> bytes | None:
         """The whole client body (request phases); None when larger than ``limit``."""
     @property

@@ -246,15 +246,26 @@ class PluginRunner:
             else:
                 self._reply(job, run, run.run_phases(shape.phases))
         elif job.phase == "header_filter":
-            entry = self._live.get(job.request_id)
-            if entry is None:
-                job.send_head(job.status or 200, job.response_headers())
-                return
-            self._response_phase(job, entry[0], "header_filter", self._send_head)
+            self._response_phase(job, self._run_of(job), "header_filter", self._send_head)
+        elif job.phase == "body_filter":
+            run = self._run_of(job)
+            if run.plan.has_async("body_filter"):
+                self._spawn(run.body_filter_async(job.chunk, job.eof), job.send_chunk)
+            else:
+                job.send_chunk(run.body_filter(job.chunk, job.eof))
         else:  # log: the request is over
             entry = self._live.pop(job.request_id, None)
-            if entry is not None:
-                self._response_phase(job, entry[0], "log", lambda job, run: None)
+            run = entry[0] if entry is not None else self._begin(job)
+            self._response_phase(job, run, "log", lambda job, run: None)
+
+    def _run_of(self, job: _core.Job) -> Execution:
+        """The plugin run of a request; made now if it had no request phase."""
+        entry = self._live.get(job.request_id)
+        if entry is not None:
+            return entry[0]
+        run = self._begin(job)
+        self._live[job.request_id] = (run, time.monotonic())
+        return run
 
     def _response_phase(
         self,

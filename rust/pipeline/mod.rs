@@ -25,6 +25,8 @@ pub enum Phase {
     Request,
     /// header_filter, once the upstream response head is known.
     Header,
+    /// body_filter, once per response body chunk (and once more at the end).
+    Body,
     /// log, after the response; nobody waits for it.
     Log,
 }
@@ -35,6 +37,7 @@ impl Phase {
         match self {
             Phase::Request => "request",
             Phase::Header => "header_filter",
+            Phase::Body => "body_filter",
             Phase::Log => "log",
         }
     }
@@ -108,6 +111,8 @@ pub enum Outcome {
         /// Value of the debug header, when debug mode is on.
         debug: Option<String>,
     },
+    /// body_filter result: what to send instead of the chunk.
+    Chunk(Bytes),
     /// header_filter result: the response status and headers to send.
     Response {
         /// Status.
@@ -131,6 +136,8 @@ pub struct Job {
     pub reply: Option<oneshot::Sender<Outcome>>,
     /// Request phases: where a plugin asks for the client's body.
     pub body: Option<tokio::sync::mpsc::UnboundedSender<BodyRequest>>,
+    /// body_filter: the chunk and whether it is the last one.
+    pub chunk: Option<(Bytes, bool)>,
 }
 
 /// A plugin asks for the whole client body, at most `limit` bytes.
@@ -237,6 +244,7 @@ mod tests {
                 response: None,
                 reply: Some(tx),
                 body: None,
+                chunk: None,
             },
             rx,
         )

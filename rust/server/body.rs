@@ -14,9 +14,10 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::Sleep;
 
-use crate::pipeline::{Bridge, Job};
+use crate::pipeline::{Bridge, Job, Outcome, Phase, RequestData};
 use crate::upstream::h1::{BodyReader, Chunk};
 use crate::upstream::pool::Pool;
+use tokio::sync::oneshot;
 
 /// Boxed error for body streams.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -207,6 +208,124 @@ pub enum ResponseBody {
     Full(Option<Bytes>),
     /// Streamed from the upstream.
     Upstream(UpstreamBody),
+    /// Passed through the plugins' body_filter.
+    Filtered(Box<FilteredBody>),
+}
+
+/// A response body whose chunks go through Python `body_filter` phases, one crossing each,
+/// plus one final crossing with `eof` so plugins can append.
+pub struct FilteredBody {
+    inner: ResponseBody,
+    bridge: Arc<Bridge>,
+    request: Arc<RequestData>,
+    pending: Option<oneshot::Receiver<Outcome>>,
+    finished: bool,
+    log: Option<Job>,
+}
+
+impl FilteredBody {
+    /// Wraps a body.
+    pub fn new(inner: ResponseBody, bridge: Arc<Bridge>, request: Arc<RequestData>) -> Self {
+        FilteredBody {
+            inner,
+            bridge,
+            request,
+            pending: None,
+            finished: false,
+            log: None,
+        }
+    }
+
+    /// Runs the log phase when this body ends, however it ends.
+    pub fn on_end(&mut self, _bridge: Arc<Bridge>, job: Job) {
+        self.log = Some(job);
+    }
+
+    fn submit(&mut self, data: Bytes, eof: bool) {
+        let (tx, rx) = oneshot::channel();
+        self.bridge.submit(Job {
+            phase: Phase::Body,
+            request: self.request.clone(),
+            response: None,
+            reply: Some(tx),
+            body: None,
+            chunk: Some((data, eof)),
+        });
+        self.pending = Some(rx);
+        self.finished |= eof;
+    }
+}
+
+impl Drop for FilteredBody {
+    fn drop(&mut self) {
+        if let Some(job) = self.log.take() {
+            self.bridge.submit(job);
+        }
+    }
+}
+
+/// The plugin runner failed a body_filter crossing.
+#[derive(Debug)]
+pub struct FilterFailed;
+
+impl std::fmt::Display for FilterFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("body_filter failed")
+    }
+}
+
+impl StdError for FilterFailed {}
+
+impl Body for FilteredBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(rx) = this.pending.as_mut() {
+                match Pin::new(rx).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(Outcome::Chunk(data))) => {
+                        this.pending = None;
+                        if !data.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                        continue;
+                    }
+                    Poll::Ready(_) => {
+                        this.pending = None;
+                        this.finished = true;
+                        return Poll::Ready(Some(Err(Box::new(FilterFailed))));
+                    }
+                }
+            }
+            if this.finished {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        let eof = this.inner.is_end_stream();
+                        this.submit(data, eof);
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.finished = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(None) => this.submit(Bytes::new(), true),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finished && self.pending.is_none()
+    }
 }
 
 impl ResponseBody {
@@ -232,6 +351,7 @@ impl Body for ResponseBody {
         match self.get_mut() {
             ResponseBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
             ResponseBody::Upstream(u) => Pin::new(u).poll_frame(cx),
+            ResponseBody::Filtered(f) => Pin::new(&mut **f).poll_frame(cx),
         }
     }
 
@@ -239,6 +359,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Full(b) => b.is_none(),
             ResponseBody::Upstream(u) => u.is_end_stream(),
+            ResponseBody::Filtered(f) => f.is_end_stream(),
         }
     }
 
@@ -247,6 +368,7 @@ impl Body for ResponseBody {
             ResponseBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ResponseBody::Full(None) => SizeHint::with_exact(0),
             ResponseBody::Upstream(u) => u.size_hint(),
+            ResponseBody::Filtered(_) => SizeHint::default(),
         }
     }
 }

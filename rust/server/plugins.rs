@@ -10,7 +10,7 @@ use http::request::Parts;
 use http::{Method, Response, StatusCode, Uri};
 use tokio::sync::{mpsc, oneshot};
 
-use super::body::{RequestBody, ResponseBody};
+use super::body::{FilteredBody, RequestBody, ResponseBody};
 use super::proxy::{RouteEntry, SERVER};
 use super::request::RequestView;
 use crate::pipeline::{
@@ -24,6 +24,8 @@ pub const REQUEST: u8 = 1;
 pub const HEADER: u8 = 2;
 /// The route has plugins with log.
 pub const LOG: u8 = 4;
+/// The route has plugins with body_filter.
+pub const BODY: u8 = 8;
 
 /// The most a crossing may take before the request fails: the runner applies its own,
 /// shorter, per-phase timeout (504); this one only guards against a runner that is gone.
@@ -31,14 +33,22 @@ const CROSSING_LIMIT: Duration = Duration::from_secs(60);
 
 /// Phase names from the control plane → the crossing bits.
 pub fn phase_bits(names: &[String]) -> u8 {
-    names.iter().fold(0, |bits, n| {
+    let bits = names.iter().fold(0, |bits, n| {
         bits | match n.as_str() {
             "rewrite" | "access" | "before_proxy" => REQUEST,
-            "header_filter" | "body_filter" => HEADER,
+            "header_filter" => HEADER,
+            "body_filter" => BODY,
             "log" => LOG,
             _ => 0,
         }
-    })
+    });
+    // The runner keeps a request's plugin run for its response phases; the log crossing
+    // (even with no log plugin) is what lets it go.
+    if bits & (HEADER | BODY) != 0 {
+        bits | LOG
+    } else {
+        bits
+    }
 }
 
 /// What plugins see of the request; made once per request, only for plugin routes.
@@ -77,6 +87,7 @@ pub async fn cross(
         response,
         reply: Some(tx),
         body: None,
+        chunk: None,
     });
     finish(phase, tokio::time::timeout(CROSSING_LIMIT, rx).await)
 }
@@ -97,6 +108,7 @@ pub async fn cross_request(
         response: None,
         reply: Some(tx),
         body: Some(body_tx),
+        chunk: None,
     });
     let limit = tokio::time::sleep(CROSSING_LIMIT);
     tokio::pin!(limit);
@@ -129,6 +141,22 @@ fn finish<E>(
     }
 }
 
+/// Runs the response body through the plugins' body_filter, one crossing per chunk.
+pub fn filter_body(
+    bridge: &Arc<Bridge>,
+    request: &Arc<RequestData>,
+    resp: &mut Response<ResponseBody>,
+) {
+    // The body may change size: the client gets it chunked.
+    resp.headers_mut().remove(http::header::CONTENT_LENGTH);
+    let inner = std::mem::replace(resp.body_mut(), ResponseBody::empty());
+    *resp.body_mut() = ResponseBody::Filtered(Box::new(FilteredBody::new(
+        inner,
+        bridge.clone(),
+        request.clone(),
+    )));
+}
+
 /// Sends the log phase once the response is complete (or now, for a response made here).
 pub fn log_after(
     bridge: &Arc<Bridge>,
@@ -144,9 +172,11 @@ pub fn log_after(
         }),
         reply: None,
         body: None,
+        chunk: None,
     };
     match resp.body_mut() {
         ResponseBody::Upstream(u) => u.on_end(bridge.clone(), job),
+        ResponseBody::Filtered(f) => f.on_end(bridge.clone(), job),
         ResponseBody::Full(_) => bridge.submit(job),
     }
 }

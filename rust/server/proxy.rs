@@ -165,6 +165,9 @@ pub async fn handle(
         }
     }
     plugins::set_debug(&mut resp, debug.as_deref());
+    if phases & plugins::BODY != 0 {
+        plugins::filter_body(&state.bridge, &request, &mut resp);
+    }
     if phases & plugins::LOG != 0 {
         plugins::log_after(&state.bridge, &request, &mut resp);
     }
