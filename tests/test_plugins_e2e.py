@@ -363,3 +363,18 @@ def test_body_filter_rewrites_the_streamed_response(plugin_gateway, origin):
     assert (rr.status, rr.body) == (201, b"replaced")
     for _ in range(3):  # keep-alive and pooled connections stay in step
         assert request(gw.url, "/stream/1").body == b"CHUNK 0\n<END>"
+
+
+def test_response_phases_run_on_a_plugin_answer(origin):
+    # key-auth answers 401 in rewrite; cors still adds its headers in header_filter (APISIX)
+    routes = [
+        route(
+            "/*",
+            origin.addr,
+            plugins={"key-auth": {}, "cors": {"allow_origins": "http://a.test"}},
+        )
+    ]
+    with Gateway(config={"routes": routes}, listen=["127.0.0.1:0"], workers=1) as gw:
+        r = request(gw.url, "/", headers={"Origin": "http://a.test"})
+        assert r.status == 401
+        assert r.headers.get("access-control-allow-origin") == "http://a.test"

@@ -106,6 +106,7 @@ pub async fn handle(
     let phases = routed.route.phases;
     let mut debug = None;
     let mut changes = None;
+    let mut answered = None;
     if phases & plugins::REQUEST != 0 {
         let stall = routed.route.timeout.unwrap_or_default().read;
         match plugins::cross_request(&state.bridge, &request, &mut body, secs(stall)).await {
@@ -119,12 +120,9 @@ pub async fn handle(
                 body: payload,
                 debug: d,
             }) => {
-                let mut resp = plugins::response(status, headers, payload);
-                plugins::set_debug(&mut resp, d.as_deref());
-                if phases & plugins::LOG != 0 {
-                    plugins::log_after(&state.bridge, &request, &mut resp);
-                }
-                return Ok(resp);
+                // A plugin answered; the response phases still run (APISIX: ngx.exit).
+                debug = d;
+                answered = Some(plugins::response(status, headers, payload));
             }
             _ => {
                 return Ok(json_error(
@@ -134,14 +132,19 @@ pub async fn handle(
             }
         }
     }
-    if let Some(c) = &changes {
-        plugins::apply(&mut parts, c);
-    }
-    let mut routed = routed;
-    if let Some(host) = changes.as_ref().and_then(|c| c.host.as_deref()) {
-        routed.host_header = HeaderValue::from_str(host).ok();
-    }
-    let mut resp = routed.proxy(&state, &conn, parts, body, changes).await;
+    let mut resp = match answered {
+        Some(resp) => resp,
+        None => {
+            if let Some(c) = &changes {
+                plugins::apply(&mut parts, c);
+            }
+            let mut routed = routed;
+            if let Some(host) = changes.as_ref().and_then(|c| c.host.as_deref()) {
+                routed.host_header = HeaderValue::from_str(host).ok();
+            }
+            routed.proxy(&state, &conn, parts, body, changes).await
+        }
+    };
     if phases & plugins::HEADER != 0 {
         let seen = ResponseData {
             status: resp.status(),
