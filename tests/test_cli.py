@@ -226,7 +226,8 @@ class Stamp(Plugin):
 """
 
 
-def test_sighup_reloads_plugin_code_without_failed_requests(cli, origin, tmp_path):
+def _stamp_node(cli, origin, tmp_path):
+    """A node running the test-stamp plugin from a plugin_paths folder (version 1)."""
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "stamp.py").write_text(PLUGIN_V.format(version="1"))
@@ -241,6 +242,11 @@ def test_sighup_reloads_plugin_code_without_failed_requests(cli, origin, tmp_pat
     g = cli(
         "--config", str(node), "--routes", str(routes), "--listen", f"127.0.0.1:{port}", port=port
     )
+    return plugins, g
+
+
+def test_sighup_reloads_plugin_code_without_failed_requests(cli, origin, tmp_path):
+    plugins, g = _stamp_node(cli, origin, tmp_path)
     assert request(g.base, "/").json()["headers"]["x-version"] == "1"
     stop, failures, count = threading.Event(), [], [0]
     loader = threading.Thread(target=_load, args=(g.base, stop, failures, count))
@@ -262,20 +268,7 @@ def test_sighup_reloads_plugin_code_without_failed_requests(cli, origin, tmp_pat
 
 
 def test_sighup_with_a_broken_plugin_file_keeps_the_node_serving(cli, origin, tmp_path):
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "stamp.py").write_text(PLUGIN_V.format(version="1"))
-    node = tmp_path / "node.yaml"
-    node.write_text("plugin_paths: [plugins]\n")
-    routes = tmp_path / "apisix.yaml"
-    routes.write_text(
-        "routes:\n  - uri: /*\n    plugins:\n      test-stamp: {}\n"
-        f'    upstream:\n      nodes:\n        "{origin.addr}": 1\n#END\n'
-    )
-    port = free_port()
-    g = cli(
-        "--config", str(node), "--routes", str(routes), "--listen", f"127.0.0.1:{port}", port=port
-    )
+    plugins, g = _stamp_node(cli, origin, tmp_path)
     write_config(plugins / "stamp.py", "this is not python (")
     g.proc.send_signal(signal.SIGHUP)
     time.sleep(1.0)

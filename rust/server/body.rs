@@ -135,17 +135,17 @@ impl Drop for UpstreamBody {
     }
 }
 
-/// The upstream stalled longer than the read timeout mid-body.
+/// Why a response body stopped short (the client connection is then aborted).
 #[derive(Debug)]
-pub struct ReadTimeout;
+pub struct BodyAbort(pub &'static str);
 
-impl std::fmt::Display for ReadTimeout {
+impl std::fmt::Display for BodyAbort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("upstream read timed out")
+        f.write_str(self.0)
     }
 }
 
-impl StdError for ReadTimeout {}
+impl StdError for BodyAbort {}
 
 impl Body for UpstreamBody {
     type Data = Bytes;
@@ -182,7 +182,7 @@ impl Body for UpstreamBody {
                 match sleep.as_mut().poll(cx) {
                     Poll::Ready(()) => {
                         this.pool_return = None;
-                        Poll::Ready(Some(Err(Box::new(ReadTimeout))))
+                        Poll::Ready(Some(Err(Box::new(BodyAbort("upstream read timed out")))))
                     }
                     Poll::Pending => Poll::Pending,
                 }
@@ -264,18 +264,6 @@ impl Drop for FilteredBody {
     }
 }
 
-/// The plugin runner failed a body_filter crossing.
-#[derive(Debug)]
-pub struct FilterFailed;
-
-impl std::fmt::Display for FilterFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("body_filter failed")
-    }
-}
-
-impl StdError for FilterFailed {}
-
 impl Body for FilteredBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -299,7 +287,7 @@ impl Body for FilteredBody {
                     Poll::Ready(_) => {
                         this.pending = None;
                         this.finished = true;
-                        return Poll::Ready(Some(Err(Box::new(FilterFailed))));
+                        return Poll::Ready(Some(Err(Box::new(BodyAbort("body_filter failed")))));
                     }
                 }
             }
