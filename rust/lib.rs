@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod limit;
 pub mod logging;
 pub mod pipeline;
 pub mod router;

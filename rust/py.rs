@@ -305,7 +305,8 @@ impl PyJob {
             .unwrap_or_default()
     }
     /// Request phases: continue to the upstream with these changes.
-    #[pyo3(signature = (set_headers = Vec::new(), remove_headers = Vec::new(), uri = None, method = None, host = None, debug = None))]
+    #[pyo3(signature = (set_headers = Vec::new(), remove_headers = Vec::new(), uri = None, method = None, host = None, debug = None, consumer = None))]
+    #[allow(clippy::too_many_arguments)]
     fn proceed(
         &self,
         set_headers: Vec<(String, String)>,
@@ -314,6 +315,7 @@ impl PyJob {
         method: Option<String>,
         host: Option<String>,
         debug: Option<String>,
+        consumer: Option<String>,
     ) -> PyResult<()> {
         self.complete(Outcome::Continue(Changes {
             set_headers,
@@ -322,6 +324,7 @@ impl PyJob {
             method,
             host,
             debug,
+            consumer,
         }))
     }
     /// Request phases: answer the client now.

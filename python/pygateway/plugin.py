@@ -100,6 +100,9 @@ class Plugin:
     metadata_schema: ClassVar[dict[str, Any] | None] = None
     type: ClassVar[str | None] = None
     run_policy: ClassVar[str | None] = None
+    native: ClassVar[bool] = False
+    """Implemented by the native data plane (limit-*): the Python phase methods then serve
+    only the python engine, the native engine runs its own implementation."""
 
     def check_schema(self, conf: dict[str, Any], schema_type: str) -> str | None:
         """Extra checks after JSON-Schema validation (defaults filled); return error text."""
@@ -553,6 +556,11 @@ class RegistryCatalog:
 
     def check_metadata(self, name: str, conf: dict[str, Any]) -> str | None:
         return self.registry.check(name, conf, "metadata")
+
+    def plugin_type(self, name: str) -> str | None:
+        """The plugin's ``type`` (``"auth"`` for authentication plugins), None if unknown."""
+        plugin = self.registry.get(name)
+        return None if plugin is None else plugin.type
 
 
 def phase_method(plugin: Plugin, phase: str) -> Callable[..., Any] | None:

@@ -21,6 +21,9 @@ pub struct ChangeSet {
     /// Ids of routes removed.
     #[serde(default)]
     pub delete_routes: Vec<String>,
+    /// `plugin_metadata` by plugin name, when it changed (replaces the previous one).
+    #[serde(default)]
+    pub plugin_metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Upstream `timeout` in seconds, APISIX's `{connect, send, read}`.
@@ -88,6 +91,9 @@ pub struct CompiledRoute {
     /// Plugin phases the route's plugins (and global rules) implement; empty: no Python.
     #[serde(default)]
     pub phases: Vec<String>,
+    /// Native limiters (limit-conn, limit-count, limit-req) in execution order.
+    #[serde(default)]
+    pub limits: Vec<crate::limit::LimiterSpec>,
 }
 
 /// One upstream node.

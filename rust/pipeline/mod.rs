@@ -93,6 +93,8 @@ pub struct Changes {
     pub host: Option<String>,
     /// Value of the debug header, when debug mode is on.
     pub debug: Option<String>,
+    /// The authenticated consumer (`consumer_name`), for the native limiters' keys.
+    pub consumer: Option<String>,
 }
 
 /// What a crossing decided.

@@ -14,6 +14,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::Sleep;
 
+use crate::limit::ConnGuard;
 use crate::pipeline::{Bridge, Job, Outcome, Phase, RequestData};
 use crate::upstream::h1::{BodyReader, Chunk};
 use crate::upstream::pool::Pool;
@@ -94,6 +95,7 @@ pub struct UpstreamBody {
     read_timeout: Duration,
     idle: Option<Pin<Box<Sleep>>>,
     log: Option<Box<(Arc<Bridge>, Job)>>,
+    held: Vec<ConnGuard>,
 }
 
 impl UpstreamBody {
@@ -105,6 +107,7 @@ impl UpstreamBody {
             read_timeout,
             idle: None,
             log: None,
+            held: Vec::new(),
         };
         if b.reader.is_done() {
             b.release();
@@ -317,6 +320,15 @@ impl Body for FilteredBody {
 }
 
 impl ResponseBody {
+    /// Keeps limit-conn slots until this body is done (a body made here is done at once).
+    pub fn hold(&mut self, guards: Vec<ConnGuard>) {
+        match self {
+            ResponseBody::Full(_) => drop(guards),
+            ResponseBody::Upstream(u) => u.held.extend(guards),
+            ResponseBody::Filtered(f) => f.inner.hold(guards),
+        }
+    }
+
     /// A body made by the gateway.
     pub fn full(b: impl Into<Bytes>) -> Self {
         ResponseBody::Full(Some(b.into()))

@@ -18,7 +18,11 @@ use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use arc_swap::ArcSwap;
+
 use crate::config::ChangeSet;
+use crate::limit::local::LocalStore;
+use crate::limit::{HeaderNames, Limits};
 use crate::pipeline::Bridge;
 use crate::router::ipmatch::IpMatcher;
 use crate::router::{PathMode, RouteSpec, Router};
@@ -57,6 +61,10 @@ pub struct State {
     pub bridge: Arc<Bridge>,
     /// Debug mode.
     pub debug: bool,
+    /// Counters of the local rate-limiting policy.
+    pub limit_store: Arc<LocalStore>,
+    /// limit-count's header names (`plugin_metadata/limit-count`).
+    pub limit_headers: ArcSwap<HeaderNames>,
 }
 
 struct Running {
@@ -106,6 +114,8 @@ impl Gateway {
                     Bridge::new().map_err(|e| GatewayError(format!("plugin bridge: {e}")))?,
                 ),
                 debug: settings.debug,
+                limit_store: Arc::new(LocalStore::default()),
+                limit_headers: ArcSwap::from_pointee(HeaderNames::default()),
             }),
             settings,
             running: Mutex::new(None),
@@ -125,11 +135,15 @@ impl Gateway {
             .upsert_routes
             .into_iter()
             .map(|r| {
+                let limits = Limits::build(&r.limits)
+                    .map_err(|e| GatewayError(format!("route {}: {e}", r.id)))?;
                 let entry = RouteEntry {
                     id: Arc::from(r.id.as_str()),
+                    service_id: r.service_id.as_deref().map(Arc::from),
                     upstream: r.upstream.as_deref().map(|k| self.state.upstreams.slot(k)),
                     timeout: r.timeout,
                     phases: plugins::phase_bits(&r.phases),
+                    limits,
                 };
                 let spec = RouteSpec {
                     id: r.id,
@@ -141,9 +155,16 @@ impl Gateway {
                     priority: r.priority,
                     seq: r.seq,
                 };
-                (spec, Arc::new(entry))
+                Ok((spec, Arc::new(entry)))
             })
-            .collect();
+            .collect::<Result<_, GatewayError>>()?;
+        if let Some(meta) = &changes.plugin_metadata {
+            self.state
+                .limit_headers
+                .store(Arc::new(HeaderNames::from_metadata(
+                    meta.get("limit-count"),
+                )));
+        }
         for up in ups {
             self.state.upstreams.upsert(up);
         }

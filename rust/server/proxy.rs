@@ -19,7 +19,9 @@ use super::plugins;
 use super::request::{BadRequest, RequestView};
 use super::State;
 use crate::config::{PassHost, Timeouts};
+use crate::limit::{self, Limits};
 use crate::pipeline::{Changes, Outcome, Phase, ResponseData};
+use crate::router::RequestVars;
 use crate::upstream::h1::{BodyReader, ExchangeError, Framing, ResponseHead};
 use crate::upstream::pool::{self, Conn, ConnectError};
 use crate::upstream::{Node, Upstream, UpstreamSlot};
@@ -28,6 +30,8 @@ use crate::upstream::{Node, Upstream, UpstreamSlot};
 pub struct RouteEntry {
     /// Route id.
     pub id: Arc<str>,
+    /// The route's service, if any.
+    pub service_id: Option<Arc<str>>,
     /// The upstream slot it proxies to, if any.
     pub upstream: Option<Arc<UpstreamSlot>>,
     /// Route-level timeouts.
@@ -35,6 +39,8 @@ pub struct RouteEntry {
     /// Python plugin crossings this route needs (`plugins::REQUEST | HEADER | LOG`);
     /// 0 means the request never touches Python.
     pub phases: u8,
+    /// Native rate limiters, run after the request plugins' crossing.
+    pub limits: Option<Arc<Limits>>,
 }
 
 /// The `Server` header value.
@@ -73,7 +79,7 @@ pub async fn handle(
 ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
     let (mut parts, body) = req.into_parts();
     let mut body = RequestBody::new(body);
-    let (routed, request) = {
+    let (routed, request, limits) = {
         let view = match RequestView::new(&parts, conn.peer, conn.local, &state.trusted) {
             Ok(v) => v,
             Err(e) => return Ok(bad_request(e)),
@@ -83,6 +89,14 @@ pub async fn handle(
         };
         let request = (m.payload.phases != 0)
             .then(|| plugins::request_data(&state.bridge, &parts, &view, &m));
+        // Limiters read their keys now unless Python request plugins run first (their
+        // changes and the consumer they authenticate count then).
+        let limits = match &m.payload.limits {
+            Some(l) if m.payload.phases & plugins::REQUEST == 0 => {
+                Some(l.resolve(&LimitVars::new(&view, &m.payload, None)))
+            }
+            _ => None,
+        };
         let fwd = Forward {
             client: view.client,
             host_header: parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -93,10 +107,23 @@ pub async fn handle(
             }),
             route: m.payload,
         };
-        (fwd, request)
+        (fwd, request, limits)
     };
     let Some(request) = request else {
+        let admitted = match limits {
+            Some(l) => match l
+                .check(&state.limit_store, &state.limit_headers.load())
+                .await
+            {
+                Ok(a) => Some(a),
+                Err(refusal) => return Ok(refused(refusal, state.debug)),
+            },
+            None => None,
+        };
         let mut resp = routed.proxy(&state, &conn, parts, body, None).await;
+        if let Some(a) = admitted {
+            limited(&mut resp, a);
+        }
         if state.debug {
             plugins::set_debug(&mut resp, Some("no plugin"));
         }
@@ -132,11 +159,42 @@ pub async fn handle(
             }
         }
     }
+    let mut admitted = None;
+    if answered.is_none() {
+        // The limiters run after the request plugins (authentication sets the consumer).
+        let resolved = match (limits, &routed.route.limits) {
+            (Some(r), _) => Some(r),
+            (None, Some(l)) => {
+                if let Some(c) = &changes {
+                    plugins::apply(&mut parts, c);
+                }
+                match RequestView::new(&parts, conn.peer, conn.local, &state.trusted) {
+                    Ok(view) => {
+                        let consumer = changes.as_ref().and_then(|c| c.consumer.as_deref());
+                        Some(l.resolve(&LimitVars::new(&view, &routed.route, consumer)))
+                    }
+                    Err(e) => return Ok(bad_request(e)),
+                }
+            }
+            (None, None) => None,
+        };
+        if let Some(r) = resolved {
+            match r
+                .check(&state.limit_store, &state.limit_headers.load())
+                .await
+            {
+                Ok(a) => admitted = Some(a),
+                Err(refusal) => answered = Some(refused(refusal, false)),
+            }
+        }
+    }
     let mut resp = match answered {
         Some(resp) => resp,
         None => {
             if let Some(c) = &changes {
-                plugins::apply(&mut parts, c);
+                if routed.route.limits.is_none() {
+                    plugins::apply(&mut parts, c);
+                }
             }
             let mut routed = routed;
             if let Some(host) = changes.as_ref().and_then(|c| c.host.as_deref()) {
@@ -145,6 +203,9 @@ pub async fn handle(
             routed.proxy(&state, &conn, parts, body, changes).await
         }
     };
+    if let Some(a) = admitted {
+        limited(&mut resp, a);
+    }
     if phases & plugins::HEADER != 0 {
         let seen = ResponseData {
             status: resp.status(),
@@ -175,6 +236,61 @@ pub async fn handle(
         plugins::log_after(&state.bridge, &request, &mut resp);
     }
     Ok(resp)
+}
+
+/// The variables a limiter key can name: the request's, plus the route's and consumer's.
+struct LimitVars<'a> {
+    view: &'a RequestView<'a>,
+    route: &'a RouteEntry,
+    consumer: Option<&'a str>,
+}
+
+impl<'a> LimitVars<'a> {
+    fn new(view: &'a RequestView<'a>, route: &'a RouteEntry, consumer: Option<&'a str>) -> Self {
+        LimitVars {
+            view,
+            route,
+            consumer,
+        }
+    }
+}
+
+impl limit::Vars for LimitVars<'_> {
+    fn get(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        use std::borrow::Cow::Borrowed;
+        match name {
+            "route_id" => Some(Borrowed(&self.route.id)),
+            "service_id" => self.route.service_id.as_deref().map(Borrowed),
+            "consumer_name" => self.consumer.map(Borrowed),
+            _ => self.view.var(name),
+        }
+    }
+}
+
+/// The answer to a request a limiter turned away (or could not check).
+fn refused(r: limit::Refusal, debug: bool) -> Response<ResponseBody> {
+    // Without rejected_msg APISIX exits with the bare status: nginx's error page.
+    let mut resp = match &r.msg {
+        Some(msg) => json_error(r.status, msg),
+        None => html_error(r.status),
+    };
+    for (k, v) in r.headers {
+        resp.headers_mut().append(k, v);
+    }
+    if debug {
+        plugins::set_debug(&mut resp, Some("no plugin"));
+    }
+    resp
+}
+
+/// Quota headers on the response; limit-conn slots held until the body is done.
+fn limited(resp: &mut Response<ResponseBody>, a: limit::Admitted) {
+    for (k, v) in a.headers {
+        resp.headers_mut().append(k, v);
+    }
+    if !a.guards.is_empty() {
+        resp.body_mut().hold(a.guards);
+    }
 }
 
 struct Forward {
@@ -634,11 +750,13 @@ pub fn json_error(status: StatusCode, msg: &str) -> Response<ResponseBody> {
 
 /// nginx-style error page, as APISIX answers proxy failures.
 pub fn html_error(status: StatusCode) -> Response<ResponseBody> {
-    let line = format!(
-        "{} {}",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("")
-    );
+    let reason = match status {
+        // nginx's wording where it differs from the registry's.
+        StatusCode::SERVICE_UNAVAILABLE => "Service Temporarily Unavailable",
+        StatusCode::PAYLOAD_TOO_LARGE => "Request Entity Too Large",
+        s => s.canonical_reason().unwrap_or(""),
+    };
+    let line = format!("{} {reason}", status.as_u16());
     let body = format!(
         "<html>\r\n<head><title>{line}</title></head>\r\n<body>\r\n<center><h1>{line}</h1></center>\r\n<hr><center>{SERVER}</center>\r\n</body>\r\n</html>\r\n"
     );

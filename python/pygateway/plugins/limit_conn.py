@@ -1,0 +1,66 @@
+"""limit-conn: at most ``conn`` (+ ``burst``, delayed) requests in flight per key (APISIX).
+
+Native engine: runs in Rust (``rust/limit``); this class gives the schema and the python
+engine's local-policy implementation (the slot is released in the log phase).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar
+
+from pygateway.ctx import Ctx
+from pygateway.plugin import Plugin, Response
+
+from ._limit import (
+    COMMON_PROPERTIES,
+    COUNTERS,
+    check_policy,
+    conf_ident,
+    rejection,
+    resolve_amount,
+    resolve_key,
+)
+
+_HELD = "limit-conn.held"
+
+
+class LimitConn(Plugin):
+    name: ClassVar[str] = "limit-conn"
+    priority: ClassVar[int] = 1003
+    native: ClassVar[bool] = True
+    schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {
+            "conn": {"oneOf": [{"type": "integer", "exclusiveMinimum": 0}, {"type": "string"}]},
+            "burst": {"type": "integer", "minimum": 0},
+            "default_conn_delay": {"type": "number", "exclusiveMinimum": 0},
+            "only_use_default_delay": {"type": "boolean", "default": False},
+            **COMMON_PROPERTIES,
+        },
+        "required": ["conn", "burst", "default_conn_delay", "key"],
+    }
+
+    def check_schema(self, conf: dict[str, Any], schema_type: str) -> str | None:
+        return check_policy(conf)
+
+    async def access(self, conf: dict[str, Any], ctx: Ctx) -> Response | None:
+        conn = resolve_amount(ctx, conf["conn"])
+        if conn is None:
+            return 500, {"error_msg": "failed to limit conn"}
+        key = resolve_key(ctx, conf["key"], conf.get("key_type", "var"))
+        full = f"{conf_ident(self.name, ctx, conf)}:{key}"
+        n = COUNTERS.enter(full, int(conn) + int(conf["burst"]))
+        if n is None:
+            return rejection(conf)
+        ctx.state.setdefault(_HELD, []).append(full)
+        if n > conn:
+            delay = float(conf["default_conn_delay"])
+            if not conf.get("only_use_default_delay"):
+                delay *= (n - 1) // int(conn)
+            await asyncio.sleep(delay)
+        return None
+
+    def log(self, conf: dict[str, Any], ctx: Ctx) -> None:
+        for key in ctx.state.pop(_HELD, []):
+            COUNTERS.leave(key)

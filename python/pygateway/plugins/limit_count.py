@@ -1,0 +1,135 @@
+"""limit-count: at most ``count`` requests per ``time_window`` seconds per key (APISIX).
+
+Native engine: runs in Rust (``rust/limit``); this class gives the schema, the checks and
+the python engine's local-policy implementation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pygateway.ctx import Ctx
+from pygateway.plugin import Plugin, Response
+
+from ._limit import (
+    COMMON_PROPERTIES,
+    COUNTERS,
+    check_policy,
+    conf_ident,
+    rejection,
+    resolve_amount,
+    resolve_key,
+)
+
+_HEADERS = "limit-count.headers"
+_AMOUNT = {"oneOf": [{"type": "integer", "exclusiveMinimum": 0}, {"type": "string"}]}
+
+
+class LimitCount(Plugin):
+    name: ClassVar[str] = "limit-count"
+    priority: ClassVar[int] = 1002
+    native: ClassVar[bool] = True
+    schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {
+            "count": _AMOUNT,
+            "time_window": _AMOUNT,
+            "window_type": {"type": "string", "enum": ["fixed", "sliding"], "default": "fixed"},
+            "group": {"type": "string"},
+            "show_limit_quota_header": {"type": "boolean", "default": True},
+            "sync_interval": {"type": "number", "default": -1},
+            "rules": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "count": _AMOUNT,
+                        "time_window": _AMOUNT,
+                        "key": {"type": "string"},
+                        "header_prefix": {"type": "string"},
+                    },
+                    "required": ["count", "time_window", "key"],
+                },
+            },
+            **COMMON_PROPERTIES,
+        },
+    }
+    metadata_schema: ClassVar[dict[str, Any] | None] = {
+        "type": "object",
+        "properties": {
+            "limit_header": {"type": "string", "default": "X-RateLimit-Limit"},
+            "remaining_header": {"type": "string", "default": "X-RateLimit-Remaining"},
+            "reset_header": {"type": "string", "default": "X-RateLimit-Reset"},
+        },
+    }
+
+    def check_schema(self, conf: dict[str, Any], schema_type: str) -> str | None:
+        if schema_type == "metadata":
+            return None
+        rules = conf.get("rules")
+        if rules is not None:
+            if "count" in conf or "time_window" in conf:
+                return "value should match only one schema, but matches both schemas 1 and 2"
+            if conf.get("group"):
+                return "group is not supported with rules"
+            keys = [r["key"] for r in rules]
+            if len(set(keys)) != len(keys):
+                return "duplicate key in rules"
+        elif "count" not in conf or "time_window" not in conf:
+            return "value should match only one schema, but matches none"
+        interval = conf.get("sync_interval", -1)
+        if interval != -1 and (
+            interval < 0.1
+            or (isinstance(conf.get("time_window"), int) and interval >= conf["time_window"])
+        ):
+            return "sync_interval should be at least 0.1 and less than time_window"
+        return check_policy(conf)
+
+    def access(self, conf: dict[str, Any], ctx: Ctx) -> Response | None:
+        ident = conf_ident(self.name, ctx, conf)
+        rules = conf.get("rules") or [
+            {"count": conf["count"], "time_window": conf["time_window"], "key": conf.get("key")}
+        ]
+        headers: list[tuple[str, str]] = []
+        rejected = False
+        for i, rule in enumerate(rules):
+            count = resolve_amount(ctx, rule["count"])
+            window = resolve_amount(ctx, rule["time_window"])
+            if count is None or window is None:
+                return 500, {"error_msg": "failed to limit count"}
+            key = resolve_key(ctx, rule.get("key") or "remote_addr", conf.get("key_type", "var"))
+            scope = f"{ident}:{i}" if len(rules) > 1 else ident
+            allowed, remaining, reset = COUNTERS.count(f"{scope}:{key}", int(count), window)
+            rejected |= not allowed
+            if conf.get("show_limit_quota_header", True):
+                prefix = None
+                if conf.get("rules"):
+                    prefix = rule.get("header_prefix") or str(i + 1)
+                headers += _quota(ctx, prefix, int(count), remaining, reset)
+        if rejected:
+            return rejection(conf, headers)
+        if headers:
+            ctx.state.setdefault(_HEADERS, []).extend(headers)
+        return None
+
+    def header_filter(self, conf: dict[str, Any], ctx: Ctx) -> None:
+        for name, value in ctx.state.pop(_HEADERS, []):
+            ctx.response_headers[name] = value
+
+
+def _quota(
+    ctx: Ctx, prefix: str | None, limit: int, remaining: int, reset: float
+) -> list[tuple[str, str]]:
+    meta = ctx.plugin_metadata("limit-count") or {}
+    names = (
+        meta.get("limit_header", "X-RateLimit-Limit"),
+        meta.get("remaining_header", "X-RateLimit-Remaining"),
+        meta.get("reset_header", "X-RateLimit-Reset"),
+    )
+    out = []
+    for name, value in zip(names, (limit, remaining, int(-(-reset // 1)))):
+        if prefix is not None:
+            name = f"X-{prefix}-{name[2:]}" if name[:2].lower() == "x-" else f"{prefix}-{name}"
+        out.append((name, str(value)))
+    return out

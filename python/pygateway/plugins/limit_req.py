@@ -1,0 +1,45 @@
+"""limit-req: a leaky bucket of ``rate`` requests per second with ``burst`` (APISIX).
+
+Native engine: runs in Rust (``rust/limit``); this class gives the schema and the python
+engine's local-policy implementation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar
+
+from pygateway.ctx import Ctx
+from pygateway.plugin import Plugin, Response
+
+from ._limit import COMMON_PROPERTIES, COUNTERS, check_policy, conf_ident, rejection, resolve_key
+
+
+class LimitReq(Plugin):
+    name: ClassVar[str] = "limit-req"
+    priority: ClassVar[int] = 1001
+    native: ClassVar[bool] = True
+    schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {
+            "rate": {"type": "number", "exclusiveMinimum": 0},
+            "burst": {"type": "number", "minimum": 0},
+            "nodelay": {"type": "boolean", "default": False},
+            **COMMON_PROPERTIES,
+        },
+        "required": ["rate", "burst", "key"],
+    }
+
+    def check_schema(self, conf: dict[str, Any], schema_type: str) -> str | None:
+        return check_policy(conf)
+
+    async def access(self, conf: dict[str, Any], ctx: Ctx) -> Response | None:
+        key = resolve_key(ctx, conf["key"], conf.get("key_type", "var"))
+        delay = COUNTERS.bucket(
+            f"{conf_ident(self.name, ctx, conf)}:{key}", float(conf["rate"]), float(conf["burst"])
+        )
+        if delay is None:
+            return rejection(conf)
+        if not conf.get("nodelay") and delay >= 0.001:
+            await asyncio.sleep(delay)
+        return None
