@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
 from .config import ConfigError, NodeConfig, load_node_config, load_standalone
-from .gateway import Gateway
+from .gateway import DEFAULT_STORE, Gateway
+from .store import StoreError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,10 +37,49 @@ def _parser() -> argparse.ArgumentParser:
         help="router (APISIX apisix.router.http)",
     )
     run.add_argument("--debug", action="store_true", default=None, help="debug mode")
+    admin = run.add_argument_group("Admin API (started when an admin key is given)")
+    admin.add_argument(
+        "--admin-listen", metavar="HOST:PORT", help="Admin API address (default 127.0.0.1:9180)"
+    )
+    admin.add_argument(
+        "--admin-key", metavar="KEY", help="admin key (or the PYGATEWAY_ADMIN_KEY variable)"
+    )
+    admin.add_argument(
+        "--store", metavar="PATH", help=f"embedded store file (default ./{DEFAULT_STORE})"
+    )
+    admin.add_argument(
+        "--etcd", metavar="URL[,URL...]", help="etcd endpoints: config from APISIX's etcd layout"
+    )
+    admin.add_argument("--etcd-prefix", metavar="PREFIX", help="etcd key prefix (default /apisix)")
 
     val = sub.add_parser("validate", help="check APISIX standalone files; list every error")
     val.add_argument("files", nargs="+", metavar="FILE.yaml")
     return p
+
+
+def _admin_overrides(node: NodeConfig, args: argparse.Namespace) -> dict[str, Any]:
+    """The ``admin``/``etcd`` settings with the flags (and PYGATEWAY_ADMIN_KEY) applied."""
+    overrides: dict[str, Any] = {}
+    admin = dict(node.admin)
+    key = args.admin_key
+    if key is None:
+        key = os.environ.get("PYGATEWAY_ADMIN_KEY") or None  # set but empty: not set
+    if key is not None:
+        admin["keys"] = [{"name": "admin", "key": key, "role": "admin"}]
+    if args.admin_listen is not None:
+        admin["listen"] = args.admin_listen
+    if args.store is not None:
+        admin["store"] = os.path.abspath(args.store)
+    if admin != node.admin:
+        overrides["admin"] = admin
+    etcd = dict(node.etcd)
+    if args.etcd is not None:
+        etcd["endpoints"] = [u.strip() for u in args.etcd.split(",") if u.strip()]
+    if args.etcd_prefix is not None:
+        etcd["prefix"] = args.etcd_prefix
+    if etcd != node.etcd:
+        overrides["etcd"] = etcd
+    return overrides
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -50,27 +91,26 @@ def _run(args: argparse.Namespace) -> int:
         "engine": args.engine,
         "router": args.router,
         "debug": args.debug,
+        **_admin_overrides(node, args),
     }
     node = node.merged(overrides)
     logging.basicConfig(
         level=logging.INFO if node.debug else logging.WARNING,
         format="%(asctime)s [%(levelname)s] %(name)s: %(message)s",
     )
-    if node.engine == "python":
-        print(
-            "pygateway: the python engine is not available in this version; use --engine native",
-            file=sys.stderr,
-        )
-        return 2
     gw = Gateway(node=node)
     gw.start()
-    source = node.routes or "the embedded default config (demo route to a built-in origin)"
     count = len(gw.config.items_of("routes")) if gw.config else 0
-    print(f"pygateway {__version__} (native engine, {node.workers} worker threads)")
-    print(f"config: {source}: {count} route(s)")
+    if node.engine == "python":
+        print(f"pygateway {__version__} (python engine, one asyncio event loop)")
+    else:
+        print(f"pygateway {__version__} (native engine, {node.workers} worker threads)")
+    print(f"config: {gw.source}: {count} route(s)")
     for addr in gw.addresses:
         print(f"listening on http://{addr}")
-    if node.routes is None:
+    if gw.admin_address is not None:
+        print(f"Admin API on http://{gw.admin_address}/apisix/admin")
+    elif node.routes is None:
         print(f"try: curl -i http://{gw.addresses[0]}/hello")
     sys.stdout.flush()
     gw.serve_forever()
@@ -106,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"pygateway: invalid configuration:\n{err}", file=sys.stderr)
         return 2
+    except StoreError as err:
+        print(f"pygateway: {err}", file=sys.stderr)
+        return 1
     except Exception as err:  # bind failures and the like: one clear line, no traceback
         if type(err).__name__ == "CoreError":
             print(f"pygateway: {err}", file=sys.stderr)

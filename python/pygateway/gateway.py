@@ -6,10 +6,11 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import (
     Config,
@@ -17,32 +18,35 @@ from .config import (
     ConfigIssue,
     NodeConfig,
     Snapshot,
-    build_config,
     compile_config,
     diff,
     full,
     load_standalone,
 )
-from .config.compile import change_set_json, is_empty
+from .config.compile import CompileCache, change_set_json, is_empty
+from .config.node import AdminSettings, admin_settings
 from .pipeline import Pipeline
 from .plugin import PHASES, Plugin, PluginError, PluginRegistry, RegistryCatalog
 from .runner import PluginRunner, PluginView
+from .store.base import Change, Store
+from .store.build import ConfigBuilder
+from .store.yaml import WATCH_INTERVAL, StandaloneStore
+
+if TYPE_CHECKING:
+    from .admin import AdminServer
 
 log = logging.getLogger("pygateway")
 
 DEFAULT_CONFIG = Path(__file__).parent / "defaults" / "apisix.yaml"
 """The embedded default: one route to the built-in demo origin."""
 
-WATCH_INTERVAL = 0.25
-"""Seconds between checks of the standalone file (APISIX checks every second)."""
+DEFAULT_STORE = "pygateway-store.jsonl"
+"""The embedded store file of a node with the Admin API and no other source (in the cwd)."""
 
+COALESCE = 0.01
+"""Seconds a store change waits for the rest of its burst before the config is rebuilt."""
 
-def _file_stamp(path: str) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
+__all__ = ["COALESCE", "DEFAULT_CONFIG", "DEFAULT_STORE", "WATCH_INTERVAL", "Gateway"]
 
 
 class Gateway:
@@ -50,9 +54,11 @@ class Gateway:
 
     ``routes`` is an APISIX standalone file (``apisix.yaml`` ending with ``#END``, or
     ``apisix.json``), watched for changes while running. ``config`` is the same content
-    as a mapping, for embedding and tests. With neither, the node serves the embedded
-    default (a demo route to a built-in origin). Keyword overrides are node settings
-    (``listen``, ``workers``, ``router``, ``trusted_addresses``, ``drain_timeout``...).
+    as a mapping, for embedding and tests. ``store`` is any :class:`~pygateway.store.Store`.
+    Otherwise the node settings decide: ``etcd`` (APISIX's etcd layout), or with the
+    Admin API (``admin``) the embedded store file; with none of these, the node serves the
+    embedded default (a demo route to a built-in origin). Keyword overrides are node
+    settings (``listen``, ``workers``, ``router``, ``trusted_addresses``, ``admin``...).
     """
 
     def __init__(
@@ -61,72 +67,185 @@ class Gateway:
         *,
         config: Mapping[str, Any] | None = None,
         node: NodeConfig | None = None,
+        store: Store | None = None,
         **overrides: Any,
     ) -> None:
         base = node or NodeConfig()
         if routes is not None:
             overrides["routes"] = os.fspath(routes)
         self.node = base.merged(overrides) if overrides else base
-        if self.node.engine != "native":
-            msg = f"engine {self.node.engine!r} is not available yet: use 'native'"
+        if self.node.engine not in ("native", "python"):
+            msg = f"engine {self.node.engine!r} is not available: use 'native' or 'python'"
             raise ConfigError([ConfigIssue("", None, "engine", msg)])
         self.plugins = PluginRegistry(self.node.plugin_paths, builtins=True, entry_points=True)
         """Every plugin this node can run (built-ins, entry points, ``plugin_paths``)."""
         # Configs may name any known plugin; the node's ``plugins:`` list decides what runs
         # here (APISIX's canary: a plugin enabled on some nodes only).
         self._catalog = RegistryCatalog(self.plugins)
+        self._native = self.node.engine == "native"
         self._pipeline = Pipeline(
-            self.plugins, enabled=self.node.plugins, plugin_timeout=self.node.plugin_timeout
+            self.plugins,
+            enabled=self.node.plugins,
+            plugin_timeout=self.node.plugin_timeout,
+            skip_native=self._native,
         )
+        self._sent_metadata: dict[str, Any] | None = None
         self._runner: PluginRunner | None = None
-        self._inline = dict(config) if config is not None else None
-        self._demo = self._inline is None and self.node.routes is None
+        self._admin_settings: AdminSettings | None = admin_settings(self.node)
+        self.admin: AdminServer | None = None
+        """The Admin API listener while running (when the node has one)."""
+        self.admin_address: str | None = None
+        """``HOST:PORT`` of the Admin API while running."""
+        self.store: Store | None = store if store is not None else self._make_store(config)
+        """Where the config comes from (None: the embedded demo, made at start)."""
+        self._demo = self.store is None
+        self._builder = ConfigBuilder(self._catalog)
+        self._compiled = CompileCache()
         self._plane: Any = None
         self._snapshot = Snapshot()
         self._config: Config | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._watcher: threading.Thread | None = None
-        self._stamp: tuple[int, int, int] | None = None
+        self._dirty = threading.Condition()
+        self._pending = False
+        self._publisher: threading.Thread | None = None
         self.addresses: list[str] = []
         """``HOST:PORT`` of each listener while running."""
+
+    def _make_store(self, config: Mapping[str, Any] | None) -> Store | None:
+        """The store the node settings ask for (None: the embedded demo config)."""
+        if config is not None:
+            return StandaloneStore(data=config, catalog=self._catalog)
+        if self.node.routes is not None:
+            return StandaloneStore(self.node.routes, catalog=self._catalog)
+        etcd = self.node.etcd
+        if etcd.get("endpoints"):
+            from .store.etcd import EtcdStore
+
+            endpoints = etcd["endpoints"]
+            try:
+                return EtcdStore(
+                    [endpoints] if isinstance(endpoints, str) else list(endpoints),
+                    etcd.get("prefix", "/apisix"),
+                    timeout=float(etcd.get("timeout", 5.0)),
+                    snapshot=etcd.get("snapshot"),
+                )
+            except ValueError as err:
+                raise ConfigError([ConfigIssue("node", None, "etcd", str(err))]) from None
+        if self._admin_settings is not None:
+            from .store.embedded import EmbeddedStore
+
+            return EmbeddedStore(self._admin_settings.store or DEFAULT_STORE)
+        return None
+
+    @property
+    def source(self) -> str:
+        """Where the config comes from, in words (for logs and the CLI)."""
+        store = self.store
+        if self._demo or store is None:
+            return "the embedded default config (demo route to a built-in origin)"
+        if isinstance(store, StandaloneStore):
+            return store.source
+        path = getattr(store, "path", None)
+        if path is not None:
+            return f"embedded store {path}"
+        endpoints = getattr(store, "endpoints", None) or self.node.etcd.get("endpoints")
+        return f"etcd {endpoints} (prefix {store.prefix})"
 
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> Gateway:
         """Load and validate the config, bind the listeners, serve in the background."""
-        from . import _core
+        plane: Any
+        settings: dict[str, Any] = {
+            "router": self.node.router,
+            "trusted_addresses": self.node.trusted_addresses,
+            "demo_origin": "127.0.0.1:0" if self._demo else None,
+            "debug": self.node.debug,
+        }
+        if self.node.engine == "python":
+            from .engine import PythonDataPlane
 
-        _core.set_log_level(os.environ.get("PYGATEWAY_LOG", "info" if self.node.debug else "warn"))
-        plane = _core.DataPlane(
-            self.node.listen,
-            self.node.workers,
-            router=self.node.router,
-            trusted_addresses=self.node.trusted_addresses,
-            demo_origin="127.0.0.1:0" if self._demo else None,
-            debug=self.node.debug,
-        )
-        config = self._load_demo(plane.demo_address) if self._demo else self._load()
-        self._plane = plane
-        self._runner = PluginRunner(plane, self._pipeline, debug=self.node.debug)
-        self._runner.start()
-        self._publish(config)
-        self.addresses = plane.start()
-        self._stop.clear()
-        if self.node.routes is not None:
-            self._stamp = _file_stamp(self.node.routes)
-            self._watcher = threading.Thread(
-                target=self._watch, name="pygateway-config-watch", daemon=True
+            plane = PythonDataPlane(
+                self.node.listen, self.node.workers, pipeline=self._pipeline, **settings
             )
-            self._watcher.start()
+        else:
+            from . import _core
+
+            level = os.environ.get("PYGATEWAY_LOG", "info" if self.node.debug else "warn")
+            _core.set_log_level(level)
+            plane = _core.DataPlane(self.node.listen, self.node.workers, **settings)
+        if self._demo:
+            address = plane.demo_address
+            self.store = StandaloneStore(
+                DEFAULT_CONFIG, loader=lambda: self._load_demo(address), watch=False
+            )
+        self._plane = plane
+        if self.node.engine == "native":  # the python engine runs plugins on its own loop
+            self._runner = PluginRunner(plane, self._pipeline, debug=self.node.debug)
+            self._runner.start()
+        self._stop.clear()
+        try:
+            self._start_source()
+            self.addresses = plane.start()
+            self._start_admin()
+        except BaseException:
+            if not self.addresses:
+                self._plane = None  # never started: nothing to drain
+            self.stop(0)
+            raise
         return self
+
+    def _start_source(self) -> None:
+        """Load the store (raises ConfigError / StoreUnavailable), publish, follow changes."""
+        store = self.store
+        assert store is not None
+        if isinstance(store, StandaloneStore):
+            store.start(self._on_standalone)
+            return
+        store.start(self._on_change)
+        self._publish(self._build())
+        self._publisher = threading.Thread(
+            target=self._follow, name="pygateway-config-publish", daemon=True
+        )
+        self._publisher.start()
+
+    def _start_admin(self) -> None:
+        settings = self._admin_settings
+        if settings is None:
+            return
+        from .admin import AdminApi, AdminServer
+
+        assert self.store is not None
+        api = AdminApi(
+            self.store,
+            self._catalog,
+            self.plugins,
+            enabled=self.node.plugins,
+            reload_plugins=self.reload_plugins,
+        )
+        server = AdminServer(api, settings)
+        try:
+            self.admin_address = server.start()
+        except OSError as err:
+            msg = f"cannot listen on {settings.listen}: {err.strerror or err}"
+            raise ConfigError([ConfigIssue("node", None, "admin.listen", msg)]) from None
+        self.admin = server
 
     def stop(self, drain_timeout: float | None = None) -> None:
         """Stop accepting; in-flight requests get ``drain_timeout`` seconds to finish."""
         self._stop.set()
-        if self._watcher is not None:
-            self._watcher.join()
-            self._watcher = None
+        if self.admin is not None:
+            self.admin.stop()
+            self.admin = None
+            self.admin_address = None
+        if self.store is not None:
+            self.store.close()
+        with self._dirty:
+            self._dirty.notify_all()
+        if self._publisher is not None:
+            self._publisher.join()
+            self._publisher = None
         if self._plane is not None:
             drain = self.node.drain_timeout if drain_timeout is None else drain_timeout
             self._plane.stop(drain)
@@ -193,10 +312,17 @@ class Gateway:
         """Re-read the config file (or apply ``config``); on error the old config stays.
 
         Raises :class:`ConfigError` listing every problem when the new config is invalid.
+        With a writable store (embedded, etcd) this rebuilds from the store's content;
+        ``config`` is then refused (write through the Admin API).
         """
+        store = self.store
+        if isinstance(store, StandaloneStore):
+            store.reload(config)
+            return
         if config is not None:
-            self._inline = dict(config)
-        self._publish(self._load())
+            raise ValueError("this node's config lives in a store: write it through the Admin API")
+        if store is not None:
+            self._publish(self._build())
 
     def register_plugin(self, cls: type[Plugin]) -> type[Plugin]:
         """Make a plugin class available to this node (usable as a decorator)."""
@@ -211,15 +337,44 @@ class Gateway:
         else:
             self.plugins.reload()
         self._pipeline.clear_cache()
+        self._builder.clear()  # plugin schemas may have changed: re-check store items
         if self._config is not None:
-            self._publish(self._config, force=True)
+            config = self._config
+            if self.store is not None and not isinstance(self.store, StandaloneStore):
+                config = self._build()
+            self._publish(config, force=True)
 
-    def _load(self) -> Config:
-        if self._inline is not None:
-            return build_config(self._inline, source="<config>", catalog=self._catalog)
-        if self.node.routes is not None:
-            return load_standalone(self.node.routes, catalog=self._catalog)
-        return build_config({}, source="<empty>", catalog=self._catalog)
+    # -- following a store -----------------------------------------------------------
+
+    def _on_standalone(self, changes: Sequence[Change], resync: bool) -> None:
+        """A standalone source was (re)validated as a whole: publish it as it is."""
+        assert isinstance(self.store, StandaloneStore)
+        self._publish(self.store.config)
+
+    def _on_change(self, changes: Sequence[Change], resync: bool) -> None:
+        """A store changed: wake the publisher (which rebuilds once per burst)."""
+        with self._dirty:
+            self._pending = True
+            self._dirty.notify()
+
+    def _build(self) -> Config:
+        assert self.store is not None
+        return self._builder.build(self.store.items(""), source=self.source)
+
+    def _follow(self) -> None:
+        while True:
+            with self._dirty:
+                while not self._pending and not self._stop.is_set():
+                    self._dirty.wait()
+                if self._stop.is_set():
+                    return
+            time.sleep(COALESCE)
+            with self._dirty:
+                self._pending = False
+            try:
+                self._publish(self._build())
+            except Exception:
+                log.exception("the store's config could not be applied")
 
     def _load_demo(self, demo_address: str | None) -> Config:
         assert demo_address is not None, "the data plane was created without a demo origin"
@@ -238,46 +393,84 @@ class Gateway:
             plugin = self.plugins.get(name)
             if plugin is None or (enabled is not None and name not in enabled):
                 continue
+            if plugin.native and self._native:
+                continue
             found.update(p for p in PHASES if callable(getattr(plugin, p, None)))
         return sorted(found)
+
+    def _limits(
+        self, route: dict[str, Any], config: Config, groups: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """The native limiters of a route: global rules' first, then the route's, each in
+        priority order, with the object owning its counters. ``groups`` collects the
+        limit-count confs by ``group``: members of a group must agree (APISIX)."""
+        enabled = self.node.plugins
+        found: list[dict[str, Any]] = []
+        owners = [
+            (f"global_rules/{i.id}", i.conf.get("plugins") or {})
+            for i in config.global_rules.values()
+        ]
+        owners.append((f"routes/{route['id']}", route.get("plugins") or {}))
+        for owner, plugins in owners:
+            specs = []
+            for name, conf in plugins.items():
+                plugin = self.plugins.get(name)
+                if plugin is None or not plugin.native or not isinstance(conf, dict):
+                    continue
+                if enabled is not None and name not in enabled:
+                    continue
+                meta = conf.get("_meta") or {}
+                if meta.get("disable") is True:
+                    continue
+                group = conf.get("group") if name == "limit-count" else None
+                if group:
+                    bare = {k: v for k, v in conf.items() if k != "_meta"}
+                    if groups.setdefault(group, bare) != bare:
+                        msg = (
+                            "failed to check the configuration of plugin limit-count "
+                            "err: group conf mismatched"
+                        )
+                        resource, _, ident = owner.partition("/")
+                        issue = ConfigIssue(resource, ident, "plugins.limit-count.group", msg)
+                        raise ConfigError([issue])
+                priority = meta.get("priority", plugin.priority)
+                spec = {"name": name, "owner": owner, "conf": conf, "filter": meta.get("filter")}
+                specs.append((-priority, spec))
+            found += [spec for _, spec in sorted(specs, key=lambda s: s[0])]
+        return found
 
     def _publish(self, config: Config, force: bool = False) -> None:
         """Compile and send only what changed to the data plane."""
         with self._lock:
-            snapshot = compile_config(config)
+            snapshot = compile_config(config, self._compiled)
             global_rules = [
                 dict(item.conf.get("plugins") or {}) for item in config.global_rules.values()
             ]
+            groups: dict[str, Any] = {}
             for route in snapshot.routes.values():
                 route["phases"] = self._phases(route.get("plugins") or {}, global_rules)
+                limits = self._limits(route, config, groups)  # checks groups on both engines
+                if self._native:
+                    route["limits"] = limits
+            view = PluginView(
+                routes=dict(snapshot.routes),
+                global_rules=global_rules,
+                consumers=[dict(i.conf) for i in config.consumers.values()],
+                plugin_metadata={k: dict(i.conf) for k, i in config.plugin_metadata.items()},
+            )
             if self._runner is not None:
-                self._runner.view = PluginView(
-                    routes=dict(snapshot.routes),
-                    global_rules=global_rules,
-                    consumers=[dict(i.conf) for i in config.consumers.values()],
-                    plugin_metadata={k: dict(i.conf) for k, i in config.plugin_metadata.items()},
-                )
+                self._runner.view = view
+            elif self._plane is not None:  # the python engine
+                self._plane.view = view
             first = not self._config or force
             changes = full(snapshot) if first else diff(self._snapshot, snapshot)
+            metadata = {k: dict(i.conf) for k, i in config.plugin_metadata.items()}
+            if first or metadata != self._sent_metadata:
+                changes["plugin_metadata"] = metadata  # type: ignore[assignment]
+                self._sent_metadata = metadata
             if not is_empty(changes):
                 self._plane.apply(change_set_json(changes))
             self._snapshot = snapshot
             self._config = config
         for warning in config.warnings:
             log.warning("config: %s", warning)
-
-    def _watch(self) -> None:
-        path = self.node.routes
-        assert path is not None
-        while not self._stop.wait(WATCH_INTERVAL):
-            stamp = _file_stamp(path)
-            if stamp == self._stamp:
-                continue
-            self._stamp = stamp
-            try:
-                self._publish(load_standalone(path, catalog=self._catalog))
-                log.warning("config reloaded from %s", path)
-            except ConfigError as err:
-                log.error("config file %s rejected, keeping the previous config:\n%s", path, err)
-            except Exception:
-                log.exception("config file %s could not be applied", path)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import copy
 import ipaddress
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from .resources import parse_addr
@@ -19,6 +21,7 @@ from .standalone import Config, Item
 
 __all__ = [
     "ChangeSet",
+    "CompileCache",
     "Snapshot",
     "change_set_json",
     "compile_config",
@@ -187,23 +190,64 @@ def compile_route(route: Item, config: Config) -> JSON:
     }
 
 
-def compile_config(config: Config) -> Snapshot:
+class CompileCache:
+    """Compiled routes and upstreams, reused while the items they come from are the same
+    objects (a store's config builder keeps unchanged items): a write to a large store
+    recompiles what it touched only. The cache holds the items, so identity is safe."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[tuple[Item | None, ...], JSON]] = {}
+        self._seen: set[str] = set()
+
+    def get(self, key: str, sources: tuple[Item | None, ...], make: Callable[[], JSON]) -> JSON:
+        self._seen.add(key)
+        hit = self._entries.get(key)
+        if hit is not None and len(hit[0]) == len(sources):
+            if all(a is b for a, b in zip(hit[0], sources)):
+                return dict(hit[1])  # callers may add keys to the top level
+        value = make()
+        self._entries[key] = (sources, value)
+        return dict(value)
+
+    def sweep(self) -> None:
+        """Forget what the last compilation did not use."""
+        for key in [k for k in self._entries if k not in self._seen]:
+            del self._entries[key]
+        self._seen.clear()
+
+
+def compile_config(config: Config, cache: CompileCache | None = None) -> Snapshot:
     """Compile a validated configuration.  Routes with ``status: 0`` are left out."""
+    memo = cache or CompileCache()
     snap = Snapshot()
     for item in config.upstreams.values():
         key = f"upstreams/{item.id}"
-        snap.upstreams[key] = compile_upstream(key, item.conf)
+        snap.upstreams[key] = memo.get(key, (item,), partial(compile_upstream, key, item.conf))
     for item in config.services.values():
         if isinstance(item.conf.get("upstream"), dict):
             key = f"services/{item.id}"
-            snap.upstreams[key] = compile_upstream(key, item.conf["upstream"])
+            upstream = item.conf["upstream"]
+            snap.upstreams[key] = memo.get(key, (item,), partial(compile_upstream, key, upstream))
     for item in config.routes.values():
         if item.conf.get("status", 1) == 0:
             continue
         if isinstance(item.conf.get("upstream"), dict):
             key = f"routes/{item.id}"
-            snap.upstreams[key] = compile_upstream(key, item.conf["upstream"])
-        snap.routes[item.id] = compile_route(item, config)
+            upstream = item.conf["upstream"]
+            snap.upstreams[key] = memo.get(key, (item,), partial(compile_upstream, key, upstream))
+        conf = item.conf
+        service = config.services.get(_sid(conf["service_id"])) if "service_id" in conf else None
+        plugin_config = (
+            config.plugin_configs.get(_sid(conf["plugin_config_id"]))
+            if "plugin_config_id" in conf
+            else None
+        )
+        snap.routes[item.id] = memo.get(
+            f"route:{item.id}",
+            (item, service, plugin_config),
+            partial(compile_route, item, config),
+        )
+    memo.sweep()
     return snap
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,11 +26,31 @@ import yaml
 from .errors import ConfigError, ConfigIssue
 from .validator import lua_type
 
-__all__ = ["DEFAULT_LISTEN", "ENGINES", "ROUTERS", "NodeConfig", "load_node_config"]
+__all__ = [
+    "ADMIN_ROLES",
+    "APISIX_DEFAULT_ADMIN_KEYS",
+    "DEFAULT_ADMIN_LISTEN",
+    "DEFAULT_ALLOW_ADMIN",
+    "DEFAULT_LISTEN",
+    "ENGINES",
+    "ROUTERS",
+    "AdminKey",
+    "AdminSettings",
+    "NodeConfig",
+    "admin_settings",
+    "load_node_config",
+]
 
 DEFAULT_LISTEN = "127.0.0.1:9080"
 ENGINES = ("native", "python")
 ROUTERS = ("radixtree_host_uri", "radixtree_uri_with_parameter")
+DEFAULT_ADMIN_LISTEN = "127.0.0.1:9180"
+DEFAULT_ALLOW_ADMIN = ("127.0.0.0/24", "::1")
+ADMIN_ROLES = ("admin", "viewer")
+APISIX_DEFAULT_ADMIN_KEYS = frozenset(
+    {"edd1c9f034335f136f87ad84b625c8f1", "4054f7cf07e344346cd3f287985e76a2"}
+)
+"""The keys of APISIX's sample config.yaml: published, so never accepted."""
 
 
 def _cpu_count() -> int:
@@ -169,9 +189,165 @@ def _check(data: Mapping[str, Any], source: str | None) -> tuple[dict[str, Any],
         elif key in ("admin", "etcd"):
             if value is None:
                 value = {}
-            expect(key, value, "object")
+            if expect(key, value, "object"):
+                (_check_admin if key == "admin" else _check_etcd)(value, bad)
         values[key] = value
     return values, issues
+
+
+def _check_listen(key: str, value: Any, bad: Callable[[str, str], None]) -> None:
+    if not isinstance(value, str):
+        bad(key, f"wrong type: expected string, got {lua_type(value)}")
+        return
+    try:
+        _split_listen(value)
+    except ValueError as err:
+        bad(key, str(err))
+
+
+def _check_strings(key: str, value: Any, bad: Callable[[str, str], None]) -> bool:
+    if not isinstance(value, list):
+        bad(key, f"wrong type: expected array, got {lua_type(value)}")
+        return False
+    for i, v in enumerate(value):
+        if not isinstance(v, str):
+            bad(f"{key}[{i}]", f"wrong type: expected string, got {lua_type(v)}")
+            return False
+    return True
+
+
+def _check_admin(admin: dict[str, Any], bad: Callable[[str, str], None]) -> None:
+    """The ``admin:`` section's shape; :func:`admin_settings` checks what needs the whole node."""
+    for key, value in admin.items():
+        where = f"admin.{key}"
+        if key == "listen":
+            _check_listen(where, value, bad)
+        elif key == "keys":
+            if not isinstance(value, list):
+                bad(where, f"wrong type: expected array, got {lua_type(value)}")
+                continue
+            for i, entry in enumerate(value):
+                at = f"{where}[{i}]"
+                if not isinstance(entry, dict):
+                    bad(at, f"wrong type: expected object, got {lua_type(entry)}")
+                    continue
+                for field_name in entry:
+                    if field_name not in ("name", "key", "role"):
+                        bad(f"{at}.{field_name}", f'unknown key "{field_name}"')
+                for field_name in ("name", "key"):
+                    if field_name in entry and not isinstance(entry[field_name], str):
+                        found = lua_type(entry[field_name])
+                        bad(f"{at}.{field_name}", f"wrong type: expected string, got {found}")
+                if "key" not in entry:
+                    bad(f"{at}.key", "missing the admin key")
+                if entry.get("role", "admin") not in ADMIN_ROLES:
+                    bad(f"{at}.role", "matches none of the enum values (expected admin or viewer)")
+        elif key == "admin_key_required":
+            if not isinstance(value, bool):
+                bad(where, f"wrong type: expected boolean, got {lua_type(value)}")
+        elif key == "allow_admin":
+            if _check_strings(where, value, bad):
+                for i, cidr in enumerate(value):
+                    try:
+                        ipaddress.ip_network(cidr, strict=False)
+                    except ValueError:
+                        bad(f"{where}[{i}]", f'invalid IP address or CIDR "{cidr}"')
+        elif key == "store":
+            if not isinstance(value, str) or not value:
+                bad(where, "expected the path of the embedded store file")
+        else:
+            hint = "admin_key_required, allow_admin, keys, listen, store"
+            bad(where, f'unknown key "{key}" (known keys: {hint})')
+
+
+def _check_etcd(etcd: dict[str, Any], bad: Callable[[str, str], None]) -> None:
+    for key, value in etcd.items():
+        where = f"etcd.{key}"
+        if key == "endpoints":
+            if isinstance(value, str):
+                value = [value]
+            if _check_strings(where, value, bad) and not value:
+                bad(where, "expect array to have at least 1 items")
+        elif key == "prefix":
+            if not isinstance(value, str) or not value.startswith("/"):
+                bad(where, 'expected a key prefix starting with "/" (default "/apisix")')
+        elif key == "timeout":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                bad(where, "expected a number of seconds greater than 0")
+        elif key == "snapshot":
+            if not isinstance(value, str) or not value:
+                bad(where, "expected the path of the snapshot file")
+        else:
+            bad(where, f'unknown key "{key}" (known keys: endpoints, prefix, snapshot, timeout)')
+
+
+@dataclass(frozen=True)
+class AdminKey:
+    """One Admin API key: ``role`` is ``admin`` (every method) or ``viewer`` (GET only)."""
+
+    name: str
+    key: str = field(repr=False)
+    role: str = "admin"
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    """The Admin API of a node (from its ``admin:`` settings)."""
+
+    listen: str = DEFAULT_ADMIN_LISTEN
+    keys: tuple[AdminKey, ...] = ()
+    key_required: bool = True
+    allow: tuple[str, ...] = DEFAULT_ALLOW_ADMIN
+    """Client CIDRs allowed to call the Admin API."""
+    store: str | None = None
+    """The embedded store file (when the node has neither etcd nor a standalone file)."""
+
+
+def admin_settings(node: NodeConfig) -> AdminSettings | None:
+    """The node's Admin API, None when it is off (no ``admin`` settings).
+
+    Raises :class:`ConfigError` naming the field for a missing or empty key, APISIX's
+    published sample keys (unless ``admin_key_required: false``) or an admin port that is
+    also a data-plane port.
+    """
+    admin = node.admin
+    if not admin:
+        return None
+    issues: list[ConfigIssue] = []
+
+    def bad(key: str, message: str) -> None:
+        issues.append(ConfigIssue("node", None, key, message, message))
+
+    required = bool(admin.get("admin_key_required", True))
+    keys: list[AdminKey] = []
+    for i, entry in enumerate(admin.get("keys") or []):
+        key = str(entry.get("key") or "")
+        if not key.strip():
+            if required:
+                bad(f"admin.keys[{i}].key", "the admin key is empty: set a secret key")
+            continue
+        if required and key in APISIX_DEFAULT_ADMIN_KEYS:
+            bad(
+                f"admin.keys[{i}].key",
+                "this is APISIX's published sample admin key: choose your own secret key",
+            )
+            continue
+        keys.append(AdminKey(str(entry.get("name") or f"key{i}"), key, entry.get("role", "admin")))
+    if required and not keys and not issues:
+        bad(
+            "admin.keys",
+            "the Admin API needs an admin key (--admin-key KEY, PYGATEWAY_ADMIN_KEY or "
+            "admin.keys in the node config), or admin_key_required: false",
+        )
+    listen = admin.get("listen", DEFAULT_ADMIN_LISTEN)
+    admin_port = _split_listen(listen)[1]
+    for i, (_, port) in enumerate(node.listen_addresses()):
+        if port != 0 and port == admin_port:
+            bad("admin.listen", f"port {port} is also the data plane's (listen[{i}])")
+    if issues:
+        raise ConfigError(issues)
+    allow = tuple(admin.get("allow_admin", DEFAULT_ALLOW_ADMIN))
+    return AdminSettings(listen, tuple(keys), required, allow, admin.get("store"))
 
 
 def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
@@ -215,4 +391,8 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         changes["routes"] = os.path.join(base, node.routes)
     if any(not os.path.isabs(p) for p in node.plugin_paths):
         changes["plugin_paths"] = [os.path.join(base, p) for p in node.plugin_paths]
+    for section, key in (("admin", "store"), ("etcd", "snapshot")):
+        value = getattr(node, section).get(key)
+        if isinstance(value, str) and not os.path.isabs(value):
+            changes[section] = {**getattr(node, section), key: os.path.join(base, value)}
     return dataclasses.replace(node, **changes) if changes else node

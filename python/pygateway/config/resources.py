@@ -23,6 +23,7 @@ __all__ = [
     "Problem",
     "check_consumer",
     "check_consumer_group",
+    "check_credential",
     "check_global_rule",
     "check_plugin_config",
     "check_plugin_metadata_item",
@@ -279,6 +280,27 @@ def _plugins_holder(sch: dict[str, Any]) -> Callable[[Any, PluginCatalog], list[
     return check
 
 
+def check_credential(conf: Any, catalog: PluginCatalog) -> list[Problem]:
+    """A consumer credential: its schema, then auth plugins only (consumer-side schemas).
+
+    The plugin type comes from the catalogue's optional ``plugin_type(name)``.
+    """
+    if not isinstance(conf, dict):
+        return _not_object(conf)
+    bad = _schema_problem(schema.CREDENTIAL, conf, [])
+    if bad is not None:
+        return [bad]
+    problems = _plugins(conf, catalog, consumer=True)
+    if problems:
+        return problems
+    plugin_type = getattr(catalog, "plugin_type", None)
+    for name in conf.get("plugins") or {}:
+        if plugin_type is not None and plugin_type(name) != "auth":
+            message = "only supports auth type plugins in consumer credential"
+            return [_problem(f"plugins.{name}", message)]
+    return []
+
+
 check_consumer_group = _plugins_holder(schema.CONSUMER_GROUP)
 check_plugin_config = _plugins_holder(schema.PLUGIN_CONFIG)
 check_global_rule = _plugins_holder(schema.GLOBAL_RULE)
@@ -305,4 +327,5 @@ CHECKERS: dict[str, Callable[[Any, PluginCatalog], list[Problem]]] = {
     "plugin_configs": check_plugin_config,
     "global_rules": check_global_rule,
     "plugin_metadata": check_plugin_metadata_item,
+    "credentials": check_credential,
 }

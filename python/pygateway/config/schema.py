@@ -14,6 +14,7 @@ from typing import Any
 __all__ = [
     "CONSUMER",
     "CONSUMER_GROUP",
+    "CREDENTIAL",
     "GLOBAL_RULE",
     "HOST_DEF",
     "ID_SCHEMA",
@@ -423,6 +424,21 @@ CONSUMER: JSON = {
     "additionalProperties": False,
 }
 
+# A consumer's credential (``/consumers/<username>/credentials/<id>``): one auth plugin.
+CREDENTIAL: JSON = {
+    "type": "object",
+    "properties": {
+        "id": ID_SCHEMA,
+        "name": RULE_NAME_DEF,
+        "desc": DESC_DEF,
+        "labels": LABELS_DEF,
+        "create_time": TIMESTAMP_DEF,
+        "update_time": TIMESTAMP_DEF,
+        "plugins": {"type": "object", "maxProperties": 1},
+    },
+    "additionalProperties": False,
+}
+
 GLOBAL_RULE: JSON = {
     "type": "object",
     "properties": {
@@ -512,4 +528,5 @@ SCHEMAS: dict[str, JSON] = {
     "plugin_configs": PLUGIN_CONFIG,
     "global_rules": GLOBAL_RULE,
     "plugin_metadata": PLUGIN_METADATA,
+    "credentials": CREDENTIAL,
 }

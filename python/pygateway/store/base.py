@@ -7,7 +7,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Change", "Entry", "Listener", "ReadOnlyStore", "Store", "StoreError", "StoreUnavailable"]
+__all__ = [
+    "Change",
+    "Entry",
+    "Listener",
+    "ReadOnlyStore",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+]
 
 
 @dataclass(frozen=True)

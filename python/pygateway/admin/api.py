@@ -1,0 +1,535 @@
+"""The Admin API v3's resources, methods and answers, independent of the HTTP server.
+
+:meth:`AdminApi.handle` takes a method, the path segments after ``/apisix/admin/``, the
+query arguments and the decoded body, and returns ``(status, JSON body)``: the server
+(:mod:`.server`) only moves bytes, checks keys and client addresses. Behaviour and wording
+follow APISIX's ``apisix/admin/*.lua`` (see ``docs/admin.md`` for the differences).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import PluginCatalog, build_config
+from ..config.errors import ConfigError
+from ..config.resources import CHECKERS
+from ..config.schema import SCHEMAS
+from ..config.standalone import REFERENCES, UNSUPPORTED, item_id
+from ..plugin import PluginRegistry
+from ..store.base import Entry, Store, StoreError, StoreUnavailable
+
+__all__ = ["AdminApi", "Reply"]
+
+Reply = tuple[int, Any]
+"""(HTTP status, JSON-serialisable body)."""
+
+NOT_FOUND: Reply = (404, {"message": "Key not found"})
+TIME_FIELDS = ("create_time", "update_time")
+
+# The key field of each auth plugin, for "duplicate key found with consumer" (APISIX's map).
+PLUGIN_KEY_FIELDS = {"key-auth": "key", "basic-auth": "username", "jwt-auth": "key"}
+
+
+@dataclass(frozen=True)
+class Kind:
+    """An Admin API resource: ``name`` in URLs and keys, ``kind`` in messages."""
+
+    name: str
+    kind: str
+    methods: frozenset[str]
+    post: bool = False
+
+
+_FULL = frozenset({"GET", "PUT", "POST", "DELETE", "PATCH"})
+_NO_POST = frozenset({"GET", "PUT", "DELETE", "PATCH"})
+_PLAIN = frozenset({"GET", "PUT", "DELETE"})
+
+KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in (
+        Kind("routes", "route", _FULL),
+        Kind("services", "service", _FULL),
+        Kind("upstreams", "upstream", _FULL),
+        Kind("consumers", "consumer", _PLAIN),
+        Kind("credentials", "credential", _PLAIN),
+        Kind("consumer_groups", "consumer group", _NO_POST),
+        Kind("plugin_configs", "plugin config", _NO_POST),
+        Kind("global_rules", "global rule", _NO_POST),
+        Kind("plugin_metadata", "plugin_metadata", _PLAIN),
+    )
+}
+
+# /schema/<name>: APISIX's singular names, and the plural resource names.
+SCHEMA_NAMES = {
+    "route": "routes",
+    "service": "services",
+    "upstream": "upstreams",
+    "consumer": "consumers",
+    "credential": "credentials",
+    "consumer_group": "consumer_groups",
+    "plugin_config": "plugin_configs",
+    "global_rule": "global_rules",
+    "plugin_metadata": "plugin_metadata",
+}
+
+
+def _error(status: int, message: str) -> Reply:
+    return status, {"error_msg": message}
+
+
+def _merge(old: Any, patch: Any) -> Any:
+    """APISIX's PATCH merge: objects merge recursively, ``null`` deletes, the rest replaces."""
+    if not isinstance(old, dict) or not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    merged = dict(old)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = _merge(old.get(key), value)
+    return merged
+
+
+def _set_path(conf: dict[str, Any], path: list[str], value: Any) -> str | None:
+    """Replace the attribute at ``path`` (``upstream/nodes``); an error text if impossible."""
+    node: Any = conf
+    for i, part in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(node, list) and part.isdigit() and 0 < int(part) <= len(node):
+            if last:
+                node[int(part) - 1] = value
+                return None
+            node = node[int(part) - 1]
+            continue
+        if not isinstance(node, dict) or (not last and part not in node):
+            return f"invalid sub path {'/'.join(path)}"
+        if last:
+            if value is None:
+                node.pop(part, None)
+            else:
+                node[part] = value
+            return None
+        node = node[part]
+    return "missing sub path"
+
+
+class AdminApi:
+    """The resources of the Admin API over ``store``.
+
+    ``catalog`` checks plugin confs (the gateway's plugins); ``registry`` answers
+    ``/plugins``; ``reload_plugins`` is ``PUT /plugins/reload``.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        catalog: PluginCatalog,
+        registry: PluginRegistry,
+        *,
+        enabled: list[str] | None = None,
+        reload_plugins: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.registry = registry
+        self.enabled = enabled
+        self.reload_plugins = reload_plugins
+        self.clock = clock
+        self._write = threading.Lock()
+
+    # -- dispatch --------------------------------------------------------------------
+
+    def handle(self, method: str, segments: list[str], args: Mapping[str, str], body: Any) -> Reply:
+        """Answer one request; ``body`` is the decoded JSON (None when there was none)."""
+        if not segments:
+            return _error(404, "not found")
+        head = segments[0]
+        if head == "plugins":
+            return self._plugins(method, segments[1:], args)
+        if head == "schema":
+            return self._schema(method, segments[1:], body)
+        if head == "configs" and segments[1:] == ["validate"] and method == "POST":
+            return self._validate_configs(body)
+        if head in UNSUPPORTED:
+            if method == "GET":
+                return (200, {"total": 0, "list": []}) if len(segments) == 1 else NOT_FOUND
+            return _error(400, f'pygateway does not support "{head}" yet')
+        if head == "consumers" and len(segments) >= 3 and segments[2] == "credentials":
+            kind = KINDS["credentials"]
+            owner: str | None = segments[1]
+            ident = segments[3] if len(segments) > 3 else None
+            sub = segments[4:]
+        elif head in KINDS and head != "credentials":
+            kind = KINDS[head]
+            owner = None
+            ident = segments[1] if len(segments) > 1 and segments[1] else None
+            sub = segments[2:]
+        else:
+            return _error(404, f"Unsupported resource type: {head}")
+        if method not in kind.methods:
+            if method in ("POST", "PATCH"):
+                return _error(405, f"not supported `{method}` method for {kind.kind}")
+            return _error(404, "not found")
+        try:
+            if method == "GET":
+                return self._get(kind, owner, ident, args)
+            with self._write:
+                if method == "PUT":
+                    return self._put(kind, owner, ident, body)
+                if method == "POST":
+                    return self._post(kind, body)
+                if method == "DELETE":
+                    return self._delete(kind, owner, ident, args)
+                return self._patch(kind, ident, sub, body)
+        except StoreUnavailable as err:
+            return _error(503, str(err))
+        except StoreError as err:
+            return _error(400, str(err))
+
+    # -- keys and envelopes ----------------------------------------------------------
+
+    @staticmethod
+    def _key(kind: Kind, owner: str | None, ident: str) -> str:
+        if kind.name == "credentials":
+            return f"consumers/{owner}/credentials/{ident}"
+        return f"{kind.name}/{ident}"
+
+    @staticmethod
+    def _collection(kind: Kind, owner: str | None) -> str:
+        if kind.name == "credentials":
+            return f"consumers/{owner}/credentials/"
+        return f"{kind.name}/"
+
+    def _full_key(self, key: str) -> str:
+        return f"{self.store.prefix}/{key}"
+
+    def _envelope(self, entry: Entry) -> dict[str, Any]:
+        return {
+            "key": self._full_key(entry.key),
+            "value": entry.value,
+            "createdIndex": entry.created_index,
+            "modifiedIndex": entry.modified_index,
+        }
+
+    # -- GET -------------------------------------------------------------------------
+
+    def _get(
+        self, kind: Kind, owner: str | None, ident: str | None, args: Mapping[str, str]
+    ) -> Reply:
+        if ident is not None:
+            entry = self.store.get(self._key(kind, owner, ident))
+            return NOT_FOUND if entry is None else (200, self._envelope(entry))
+        prefix = self._collection(kind, owner)
+        entries = [e for e in self.store.items(prefix) if "/" not in e.key[len(prefix) :]]
+        listed = [self._envelope(e) for e in entries if _matches(e.value, args)]
+        page_size_arg = args.get("page_size")
+        if page_size_arg is not None and _number(page_size_arg) is not None:
+            size = int(_number(page_size_arg) or 0)
+            if not 10 <= size <= 500:
+                return _error(400, "page_size must be between 10 and 500")
+            page = max(1, int(_number(args.get("page", "1")) or 1))
+            listed.sort(key=lambda e: e["createdIndex"])
+            total = len(listed)
+            listed = listed[(page - 1) * size : page * size]
+            return 200, {"total": total, "list": listed}
+        return 200, {"total": len(listed), "list": listed}
+
+    # -- checks ----------------------------------------------------------------------
+
+    def _check(self, kind: Kind, key: str, conf: Any, *, allow_time: bool = False) -> Reply | None:
+        """Schema, plugins and references of ``conf`` (defaults are filled in place) to be
+        stored at ``key``."""
+        if not isinstance(conf, dict):
+            return None  # callers refuse non-objects before
+        if not allow_time:
+            for name in TIME_FIELDS:
+                if name in conf:
+                    return _error(400, f"the property is forbidden: {name}")
+        for problem in CHECKERS[kind.name](conf, self.catalog):
+            if not problem.warning:
+                return _error(400, problem.message)
+        for res, fld, target, name in REFERENCES:
+            if res != kind.name or conf.get(fld) is None:
+                continue
+            ref = item_id(conf[fld])
+            if self.store.get(f"{target}/{ref}") is None:
+                return _error(
+                    400, f"failed to fetch {name} info by {name} id [{ref}], response code: 404"
+                )
+        if kind.name in ("consumers", "credentials"):
+            return self._duplicate_keys(key, conf)
+        return None
+
+    def _duplicate_keys(self, own: str, conf: dict[str, Any]) -> Reply | None:
+        """APISIX refuses an auth key that another consumer or credential already holds."""
+        plugins = conf.get("plugins") or {}
+        for name, field_name in PLUGIN_KEY_FIELDS.items():
+            value = (plugins.get(name) or {}).get(field_name)
+            if value is None:
+                continue
+            for entry in self.store.items("consumers/"):
+                if entry.key == own:
+                    continue
+                other = (entry.value.get("plugins") or {}).get(name) or {}
+                if other.get(field_name) == value:
+                    holder = entry.key.split("/")[1]
+                    return _error(400, f"duplicate key found with consumer: {holder}")
+        return None
+
+    def _stamp(self, conf: dict[str, Any], previous: Entry | None) -> None:
+        now = int(self.clock())
+        created = previous.value.get("create_time") if previous is not None else None
+        conf["create_time"] = created if isinstance(created, int) else now
+        conf["update_time"] = now
+
+    def _written(self, entry: Entry, created: bool) -> Reply:
+        return (201 if created else 200), {"key": self._full_key(entry.key), "value": entry.value}
+
+    # -- PUT / POST ------------------------------------------------------------------
+
+    def _put(self, kind: Kind, owner: str | None, ident: str | None, body: Any) -> Reply:
+        if body is None:
+            return _error(400, "missing configurations")
+        if not isinstance(body, dict):
+            return _not_object(body)
+        conf = copy.deepcopy(body)
+        if kind.name == "consumers":
+            if ident is not None and "username" in conf and conf["username"] != ident:
+                return _error(400, "wrong username")
+            if ident is not None:
+                conf.setdefault("username", ident)
+            bad = self._check(kind, f"consumers/{conf.get('username')}", conf)
+            if bad is not None:
+                return bad
+            ident = str(conf["username"])
+        else:
+            if ident is None and kind.name != "plugin_metadata":
+                ident = item_id(conf["id"]) if conf.get("id") is not None else None
+            if ident is None:
+                return _error(400, f"missing {kind.kind} id")
+            if conf.get("id") is not None and item_id(conf["id"]) != ident:
+                return _error(400, f"wrong {kind.kind} id")
+            if kind.name == "credentials":
+                if self.store.get(f"consumers/{owner}") is None:
+                    return _error(404, f"consumer [{owner}] not found")
+                conf["id"] = ident
+            elif kind.name == "plugin_metadata":
+                conf["id"] = ident
+            else:
+                conf["id"] = conf.get("id", ident)
+            bad = self._check(kind, self._key(kind, owner, ident), conf)
+            if bad is not None:
+                return bad
+        key = self._key(kind, owner, ident)
+        self._stamp(conf, self.store.get(key))
+        entry, created = self.store.put(key, conf)
+        return self._written(entry, created)
+
+    def _post(self, kind: Kind, body: Any) -> Reply:
+        if body is None:
+            return _error(400, "missing configurations")
+        if not isinstance(body, dict):
+            return _not_object(body)
+        if body.get("id") is not None:
+            return _error(400, f"wrong {kind.kind} id, do not need it")
+        conf = copy.deepcopy(body)
+        bad = self._check(kind, "", conf)
+        if bad is not None:
+            return bad
+        ident = self.store.new_id()
+        conf["id"] = ident
+        self._stamp(conf, None)
+        entry, _ = self.store.put(self._key(kind, None, ident), conf)
+        return 201, {"key": self._full_key(entry.key), "value": entry.value}
+
+    # -- DELETE ----------------------------------------------------------------------
+
+    def _delete(
+        self, kind: Kind, owner: str | None, ident: str | None, args: Mapping[str, str]
+    ) -> Reply:
+        if ident is None:
+            name = "consumer name" if kind.name == "consumers" else f"{kind.kind} id"
+            return _error(400, f"missing {name}")
+        key = self._key(kind, owner, ident)
+        if self.store.get(key) is None:
+            return NOT_FOUND
+        if args.get("force") != "true":
+            for res, fld, target, name in REFERENCES:
+                if target != kind.name:
+                    continue
+                for entry in self.store.items(f"{res}/"):
+                    ref = entry.value.get(fld)
+                    if ref is not None and item_id(ref) == ident:
+                        user = KINDS[res].kind
+                        holder = entry.key.split("/", 1)[1]
+                        return _error(
+                            400,
+                            f"can not delete this {name}, {user} [{holder}] is still using it now",
+                        )
+        if kind.name == "consumers":
+            for entry in self.store.items(f"{key}/credentials/"):
+                self.store.delete(entry.key)
+        self.store.delete(key)
+        return 200, {"deleted": ident, "key": self._full_key(key)}
+
+    # -- PATCH -----------------------------------------------------------------------
+
+    def _patch(self, kind: Kind, ident: str | None, sub: list[str], body: Any) -> Reply:
+        if ident is None:
+            return _error(400, f"missing {kind.kind} id")
+        sub = [s for s in sub if s]
+        if body is None and not sub:
+            return _error(400, "missing new configuration")
+        if not sub and not isinstance(body, dict):
+            return _error(400, "invalid configuration")
+        key = self._key(kind, None, ident)
+        previous = self.store.get(key)
+        if previous is None:
+            return NOT_FOUND
+        if sub:
+            conf = copy.deepcopy(previous.value)
+            err = _set_path(conf, sub, copy.deepcopy(body))
+            if err is not None:
+                return _error(400, err)
+            patched_times = False
+        else:
+            conf = _merge(previous.value, body)
+            patched_times = "update_time" in body
+        if conf.get("id") is not None and item_id(conf["id"]) != ident:
+            return _error(400, f"wrong {kind.kind} id")
+        conf["id"] = conf.get("id", ident)
+        if not patched_times:
+            conf["update_time"] = int(self.clock())
+        bad = self._check(kind, key, conf, allow_time=True)
+        if bad is not None:
+            return bad
+        entry, _ = self.store.put(key, conf)
+        return 200, {"key": self._full_key(entry.key), "value": entry.value}
+
+    # -- plugins, schema, configs ----------------------------------------------------
+
+    def _plugin_names(self) -> list[str]:
+        names = self.registry.names()
+        if self.enabled is not None:
+            names = [n for n in names if n in self.enabled]
+        return sorted(names)
+
+    def _plugin_schema(self, name: str, schema_type: str) -> Reply:
+        plugin = self.registry.get(name)
+        if plugin is None or name not in self._plugin_names():
+            return _error(404, "plugin not found in subsystem http")
+        if schema_type == "consumer" and plugin.consumer_schema is not None:
+            return 200, plugin.consumer_schema
+        if schema_type == "metadata":
+            return 200, plugin.metadata_schema or {}
+        return 200, plugin.schema
+
+    def _plugins(self, method: str, rest: list[str], args: Mapping[str, str]) -> Reply:
+        if rest == ["reload"]:
+            if method != "PUT":
+                return _error(404, "not found")
+            if self.reload_plugins is not None:
+                self.reload_plugins()
+            return 200, "done"
+        if method != "GET":
+            return _error(404, "not found")
+        if args.get("subsystem") == "stream":
+            return 200, [] if rest == ["list"] else {}
+        if rest == ["list"]:
+            return 200, self._plugin_names()
+        if rest:
+            return self._plugin_schema(rest[0], args.get("schema_type", "schema"))
+        described: dict[str, Any] = {}
+        for name in self._plugin_names():
+            plugin = self.registry[name]
+            info: dict[str, Any] = {
+                "priority": plugin.priority,
+                "version": plugin.version,
+                "schema": plugin.schema,
+            }
+            if plugin.consumer_schema is not None:
+                info["consumer_schema"] = plugin.consumer_schema
+            if plugin.metadata_schema is not None:
+                info["metadata_schema"] = plugin.metadata_schema
+            if plugin.type is not None:
+                info["type"] = plugin.type
+            described[name] = info
+        return 200, described
+
+    def _schema(self, method: str, rest: list[str], body: Any) -> Reply:
+        if method == "POST" and len(rest) == 2 and rest[0] == "validate":
+            resource = SCHEMA_NAMES.get(rest[1], rest[1])
+            if resource not in CHECKERS:
+                return _error(400, f"invalid resource type: {rest[1]}")
+            if body is None:
+                return _error(400, "missing configurations")
+            conf = copy.deepcopy(body)
+            for problem in CHECKERS[resource](conf, self.catalog):
+                if not problem.warning:
+                    return _error(400, problem.message)
+            return 200, {}
+        if method != "GET" or not rest:
+            return _error(404, "not found")
+        if rest[0] == "plugins" and len(rest) == 2:
+            return self._plugin_schema(rest[1], "schema")
+        resource = SCHEMA_NAMES.get(rest[0], rest[0])
+        if resource in SCHEMAS:
+            return 200, SCHEMAS[resource]
+        return self._plugin_schema(rest[0], "schema")
+
+    def _validate_configs(self, body: Any) -> Reply:
+        if body is None:
+            return _error(400, "invalid request body: empty request body")
+        try:
+            build_config(body, source="<request>", catalog=self.catalog)
+        except ConfigError as err:
+            errors = [
+                {"resource_type": e.resource, "id": e.id, "error": e.message} for e in err.errors
+            ]
+            return 400, {"error_msg": "Configuration validation failed", "errors": errors}
+        return 200, {}
+
+
+def _not_object(body: Any) -> Reply:
+    from ..config.validator import lua_type
+
+    return _error(400, "invalid configuration: wrong type: expected object, got " + lua_type(body))
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _search(pattern: str, text: Any) -> bool:
+    if not isinstance(text, str):
+        return False
+    try:
+        return re.search(pattern, text) is not None
+    except re.error:
+        return pattern in text
+
+
+def _matches(value: dict[str, Any], args: Mapping[str, str]) -> bool:
+    """APISIX's list filters: ``name`` and ``uri`` are regexes, ``label`` a label key."""
+    name = args.get("name")
+    if name is not None and not _search(name, value.get("name")):
+        return False
+    label = args.get("label")
+    if label is not None and label not in (value.get("labels") or {}):
+        return False
+    uri = args.get("uri")
+    if uri is not None:
+        uris = [value["uri"]] if "uri" in value else list(value.get("uris") or [])
+        if not any(_search(uri, u) for u in uris):
+            return False
+    return True

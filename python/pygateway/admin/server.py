@@ -1,0 +1,205 @@
+"""The Admin API's HTTP listener: aiohttp on its own thread and event loop.
+
+It checks the client address (``allow_admin``) and the admin key, reads and decodes the
+body (1.5 MiB at most, as APISIX), and hands the request to :class:`~.api.AdminApi` on a
+worker thread (store writes block on ``fsync`` or etcd). Keys are compared in constant
+time and never written to a log or an answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import logging
+import socket
+import threading
+from collections.abc import Sequence
+from typing import Any, Union
+
+from aiohttp import web
+
+from ..config.node import AdminKey, AdminSettings, _split_listen
+from .api import AdminApi
+
+__all__ = ["MAX_BODY", "PREFIX", "AdminServer", "check_token"]
+
+log = logging.getLogger("pygateway.admin")
+
+PREFIX = "/apisix/admin"
+MAX_BODY = 1536 * 1024
+"""APISIX's limit on an Admin API request body (1.5 MiB)."""
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+
+def check_token(
+    keys: Sequence[AdminKey], token: str | None, method: str
+) -> tuple[bool, str | None]:
+    """APISIX's ``check_token``: (ok, the ``description`` of the 401 when not)."""
+    if token is None:
+        return False, "missing apikey"
+    found: AdminKey | None = None
+    given = token.encode("utf-8", "surrogateescape")
+    for key in keys:  # every key is compared: the time taken does not depend on which matched
+        if hmac.compare_digest(given, key.key.encode("utf-8")) and found is None:
+            found = key
+    if found is None:
+        return False, "wrong apikey"
+    if found.role == "viewer" and method != "GET":
+        return False, "invalid method for role viewer"
+    return True, None
+
+
+def _json(status: int, body: Any) -> web.Response:
+    if isinstance(body, str):
+        resp = web.Response(status=status, text=body)
+    else:
+        text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+        resp = web.Response(status=status, text=text, content_type="application/json")
+    resp.headers["X-API-VERSION"] = "v3"
+    resp.headers["Server"] = "pygateway"
+    return resp
+
+
+class AdminServer:
+    """Serves ``api`` on ``settings.listen`` until :meth:`stop`."""
+
+    def __init__(self, api: AdminApi, settings: AdminSettings) -> None:
+        self.api = api
+        self.settings = settings
+        self._allow: list[Network] = [ipaddress.ip_network(c, strict=False) for c in settings.allow]
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self.address: str | None = None
+        """``HOST:PORT`` once listening."""
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> str:
+        """Bind and serve in a background thread; returns ``HOST:PORT``.
+
+        Raises OSError when the address cannot be bound.
+        """
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self._bind())
+            except BaseException as err:
+                failure.append(err)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                if self._runner is not None:
+                    loop.run_until_complete(self._runner.cleanup())
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="pygateway-admin", daemon=True)
+        self._thread.start()
+        ready.wait(30)
+        if failure:
+            self._thread.join()
+            self._thread = None
+            raise failure[0]
+        assert self.address is not None
+        return self.address
+
+    async def _bind(self) -> None:
+        app = web.Application(client_max_size=MAX_BODY)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        host, port = _split_listen(self.settings.listen)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            sock = socket.create_server((host, port), family=family)
+        except OSError:
+            await runner.cleanup()
+            raise
+        await web.SockSite(runner, sock).start()
+        self._runner = runner
+        bound = sock.getsockname()
+        shown = f"[{bound[0]}]" if family == socket.AF_INET6 else bound[0]
+        self.address = f"{shown}:{bound[1]}"
+
+    def stop(self) -> None:
+        loop = self._loop
+        if loop is not None and self._thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            self._thread.join(10)
+        self._thread = None
+        self._loop = None
+
+    # -- requests --------------------------------------------------------------------
+
+    def _allowed(self, remote: str | None) -> bool:
+        if remote is None:
+            return False
+        try:
+            addr = ipaddress.ip_address(remote.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self._allow)
+
+    def _token(self, request: web.Request) -> str | None:
+        return (
+            request.query.get("api_key")
+            or request.headers.get("X-API-KEY")
+            or request.cookies.get("x_api_key")
+        )
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if not self._allowed(request.remote):
+            return _json(403, {"error_msg": "client address not allowed (allow_admin)"})
+        path = request.path.rstrip("/")
+        if path != PREFIX and not path.startswith(PREFIX + "/"):
+            return _json(404, {"error_msg": "not found"})
+        method = request.method
+        if method == "HEAD" and path == PREFIX:
+            return _json(200, "")
+        if self.settings.key_required:
+            ok, why = check_token(self.settings.keys, self._token(request), method)
+            if not ok:
+                log.warning("admin: %s %s refused: %s", method, request.path, why)
+                return _json(401, {"error_msg": "failed to check token", "description": why})
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _json(413, {"error_msg": f"request body larger than {MAX_BODY} bytes"})
+        body: Any = None
+        if raw:
+            try:
+                body = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as err:
+                text = raw.decode("utf-8", "replace")
+                return _json(400, {"error_msg": f"invalid request body: {err}", "req_body": text})
+        ttl = request.query.get("ttl")
+        if ttl is not None:
+            try:
+                float(ttl)
+            except ValueError:
+                return _json(400, {"error_msg": "invalid argument ttl: should be a number"})
+        segments = path[len(PREFIX) + 1 :].split("/") if path != PREFIX else []
+        args = {k: v for k, v in request.query.items() if k != "api_key"}
+        loop = asyncio.get_running_loop()
+        try:
+            status, answer = await loop.run_in_executor(
+                None, self.api.handle, method, segments, args, body
+            )
+        except Exception:
+            log.exception("admin: %s %s failed", method, request.path)
+            return _json(500, {"error_msg": "internal error, see the gateway log"})
+        return _json(status, answer)

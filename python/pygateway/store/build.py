@@ -1,0 +1,152 @@
+"""From store entries to a validated :class:`~pygateway.config.Config`, leniently.
+
+APISIX's config objects check each item as it arrives from etcd and skip the invalid ones
+with a log line; the rest keeps serving. :class:`ConfigBuilder` does the same over a store's
+entries, with the standalone loader's checkers (:data:`~pygateway.config.resources.CHECKERS`)
+and the gateway's plugin catalogue. Validated items are cached by ``(key, modified_index)``
+so a write to a 1000-route store re-checks one item, not a thousand.
+
+Consumer credentials (``consumers/<username>/credentials/<id>``) become extra entries of
+``Config.consumers`` (id ``<username>/credentials/<id>``) that carry the consumer's
+username, group and plugins overlaid with the credential's: that is what the auth plugins'
+consumer lookup scans.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterable
+from typing import Any, Optional
+
+from ..config import Config, ConfigIssue, Item, PluginCatalog
+from ..config.resources import CHECKERS
+from ..config.standalone import REFERENCES, RESOURCES, item_id
+from .base import Entry
+
+__all__ = ["ConfigBuilder", "KeyParts", "parse_key"]
+
+log = logging.getLogger("pygateway.store")
+
+KeyParts = tuple[str, str, Optional[str]]
+"""(resource, id, credential id): ``consumers/jack/credentials/a`` is
+``("credentials", "jack", "a")``, ``routes/1`` is ``("routes", "1", None)``."""
+
+
+def parse_key(key: str) -> KeyParts | None:
+    """Split a store key; None for keys that are not config objects (``gen_id``...)."""
+    parts = key.split("/")
+    if len(parts) == 2 and parts[0] and parts[1]:
+        return parts[0], parts[1], None
+    if len(parts) == 4 and parts[0] == "consumers" and parts[2] == "credentials" and parts[3]:
+        return "credentials", parts[1], parts[3]
+    return None
+
+
+def _issue(resource: str, ident: str, path: str, message: str) -> ConfigIssue:
+    return ConfigIssue(resource, ident, path, message, message, "store")
+
+
+class ConfigBuilder:
+    """Builds Configs from store entries; one instance per gateway (it owns the cache)."""
+
+    def __init__(self, catalog: PluginCatalog) -> None:
+        self.catalog = catalog
+        self._cache: dict[str, tuple[int, Item | None]] = {}
+        self._reported: set[tuple[str, int, str]] = set()
+
+    def clear(self) -> None:
+        """Forget every validated item (the plugins changed: re-check everything)."""
+        self._cache.clear()
+        self._reported.clear()
+
+    def _report(self, entry: Entry, issue: ConfigIssue, warning: bool = False) -> None:
+        mark = (entry.key, entry.modified_index, str(issue))
+        if mark in self._reported:
+            return
+        self._reported.add(mark)
+        if warning:
+            log.warning("config: %s", issue)
+        else:
+            log.error("store: skipping %s (invalid): %s", entry.key, issue)
+
+    def _validate(self, resource: str, ident: str, entry: Entry) -> Item | None:
+        cached = self._cache.get(entry.key)
+        if cached is not None and cached[0] == entry.modified_index:
+            return cached[1]
+        conf: Any = copy.deepcopy(entry.value)
+        if isinstance(conf, dict):
+            if resource == "consumers":
+                conf.setdefault("username", ident)
+            elif resource != "credentials":
+                conf["id"] = conf.get("id", ident)
+        item: Item | None = Item(ident, entry.created_index, conf)
+        for p in CHECKERS[resource](conf, self.catalog):
+            self._report(entry, _issue(resource, ident, p.path, p.message), p.warning)
+            if not p.warning:
+                item = None
+        if item is not None and isinstance(conf, dict) and "id" in conf:
+            if item_id(conf["id"]) != ident and resource not in ("consumers", "credentials"):
+                message = f"the id {conf['id']!r} differs from the key's"
+                self._report(entry, _issue(resource, ident, "id", message))
+                item = None
+        self._cache[entry.key] = (entry.modified_index, item)
+        return item
+
+    def build(self, entries: Iterable[Entry], source: str | None = None) -> Config:
+        """A Config of every valid entry; invalid ones (and their dependents) are skipped."""
+        config = Config(source=source)
+        grouped: dict[str, list[tuple[str, str | None, Entry]]] = {}
+        live: set[str] = set()
+        for entry in entries:
+            parts = parse_key(entry.key)
+            if parts is None:
+                continue
+            resource, ident, sub = parts
+            if resource not in CHECKERS:
+                continue
+            live.add(entry.key)
+            grouped.setdefault(resource, []).append((ident, sub, entry))
+        for key in [k for k in self._cache if k not in live]:
+            del self._cache[key]
+
+        for resource in RESOURCES:
+            target = config.items_of(resource)
+            found = grouped.get(resource, [])
+            found.sort(key=lambda t: (t[2].created_index, t[2].key))
+            for ident, _, entry in found:
+                item = self._validate(resource, ident, entry)
+                if item is None:
+                    continue
+                missing = self._dangling(resource, item, config)
+                if missing is not None:
+                    self._report(entry, missing)
+                    continue
+                target[ident] = item
+        for username, cred_id, entry in grouped.get("credentials", []):
+            assert cred_id is not None
+            cred = self._validate("credentials", cred_id, entry)
+            consumer = config.consumers.get(username)
+            if cred is None or consumer is None:
+                continue
+            merged = dict(consumer.conf)
+            merged["plugins"] = {
+                **(consumer.conf.get("plugins") or {}),
+                **(cred.conf.get("plugins") or {}),
+            }
+            merged["consumer_name"] = username
+            merged["credential_id"] = cred_id
+            ident = f"{username}/credentials/{cred_id}"
+            config.consumers[ident] = Item(ident, entry.created_index, merged)
+        return config
+
+    @staticmethod
+    def _dangling(resource: str, item: Item, config: Config) -> ConfigIssue | None:
+        for res, fld, target, name in REFERENCES:
+            if res != resource or item.conf.get(fld) is None:
+                continue
+            ref = item_id(item.conf[fld])
+            if ref not in config.items_of(target):
+                message = f"failed to fetch {name} info by {name} id [{ref}], response code: 404"
+                return _issue(resource, item.id, fld, message)
+        return None
