@@ -1,0 +1,197 @@
+"""Gateway nodes sharing one etcd: a write through one node's Admin API is served by the
+others; an etcd outage stops admin writes (503) but never the data plane."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from admin_client import KEY, Admin
+from conftest import request
+from etcd_server import Etcd, EtcdCluster
+from origin import Origin, free_port
+from pygateway import Gateway
+
+pytestmark = pytest.mark.skipif(not Path("/usr/bin/etcd").exists(), reason="etcd not installed")
+
+SERVED_WITHIN = 1.0
+"""A route written on one node is served by another within this many seconds."""
+
+
+def wait_status(base: str, path: str, status: int, timeout: float) -> float:
+    """Poll ``path`` on ``base`` until it answers ``status``; returns the seconds it took."""
+    start = time.monotonic()
+    last: Any = None
+    while time.monotonic() - start < timeout:
+        try:
+            last = request(base, path, timeout=2).status
+        except OSError as err:
+            last = err
+        if last == status:
+            return time.monotonic() - start
+        time.sleep(0.01)
+    raise AssertionError(f"{base}{path}: {status} not within {timeout}s (last: {last})")
+
+
+@pytest.fixture
+def etcd() -> Iterator[EtcdCluster]:
+    with EtcdCluster(1) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def nodes(etcd: EtcdCluster) -> Iterator[Callable[..., tuple[Gateway, Admin, str]]]:
+    """``nodes(**etcd_settings)`` → (gateway, its Admin API, its data plane base URL)."""
+    started: list[Gateway] = []
+
+    def make(**etcd_settings: Any) -> tuple[Gateway, Admin, str]:
+        settings = {"endpoints": etcd.endpoints, "prefix": "/apisix", **etcd_settings}
+        gw = Gateway(
+            listen=["127.0.0.1:0"],
+            workers=1,
+            etcd=settings,
+            admin={"listen": "127.0.0.1:0", "keys": [{"name": "admin", "key": KEY}]},
+        ).start()
+        started.append(gw)
+        assert gw.admin_address is not None, "the node has no Admin API"
+        return gw, Admin(f"http://{gw.admin_address}"), f"http://{gw.addresses[0]}"
+
+    yield make
+    for gw in started:
+        gw.stop(0)
+
+
+def route(uri: str, origin: Origin) -> dict[str, Any]:
+    return {"uri": uri, "upstream": {"type": "roundrobin", "nodes": {origin.addr: 1}}}
+
+
+def test_write_on_node_a_is_served_by_node_b_within_a_second(
+    nodes: Callable[..., tuple[Gateway, Admin, str]], etcd: EtcdCluster, origin: Origin
+) -> None:
+    _, admin_a, base_a = nodes()
+    _, admin_b, base_b = nodes()
+    assert request(base_b, "/hello").status == 404
+
+    r = admin_a.put("/routes/1", route("/hello", origin))
+    assert r.status == 201, r.body
+    assert r.json()["key"] == "/apisix/routes/1"
+    took = wait_status(base_b, "/hello", 200, timeout=5)
+    assert took < SERVED_WITHIN, f"node B served the route after {took:.2f}s"
+    wait_status(base_a, "/hello", 200, timeout=SERVED_WITHIN)
+
+    stored = Etcd(etcd.url).get("/apisix/routes/1")
+    assert stored["uri"] == "/hello", "the route is not in APISIX's etcd layout"
+    got = admin_b.get("/routes/1")
+    assert got.status == 200 and got.json()["value"]["uri"] == "/hello"
+
+    assert admin_b.delete("/routes/1").status == 200
+    wait_status(base_a, "/hello", 404, timeout=SERVED_WITHIN)
+
+
+def test_route_written_by_apisix_into_etcd_is_served(
+    nodes: Callable[..., tuple[Gateway, Admin, str]], etcd: EtcdCluster, origin: Origin
+) -> None:
+    raw = Etcd(etcd.url)
+    raw.put("/apisix/routes", "init_dir")
+    raw.put("/apisix/upstreams/1", {"id": "1", "type": "roundrobin", "nodes": {origin.addr: 1}})
+    raw.put(
+        "/apisix/routes/00000000000000000042",
+        {"id": "00000000000000000042", "uri": "/x", "upstream_id": "1"},
+    )
+    _, admin, base = nodes()
+    wait_status(base, "/x", 200, timeout=SERVED_WITHIN)
+    listed = admin.get("/routes")
+    assert listed.status == 200 and listed.json()["total"] == 1
+
+
+def test_etcd_outage_keeps_serving_refuses_writes_and_recovers(
+    nodes: Callable[..., tuple[Gateway, Admin, str]], etcd: EtcdCluster, origin: Origin
+) -> None:
+    _, admin_a, base_a = nodes(timeout=2.0)
+    _, _, base_b = nodes(timeout=2.0)
+    assert admin_a.put("/routes/1", route("/hello", origin)).status == 201
+    wait_status(base_b, "/hello", 200, timeout=5)
+    wait_status(base_a, "/hello", 200, timeout=5)
+
+    failures: list[str] = []
+    served = 0
+    stop = threading.Event()
+
+    def load() -> None:
+        nonlocal served
+        deadline = time.monotonic() + 30
+        for i in range(100_000):
+            if stop.is_set() or time.monotonic() > deadline:
+                return
+            base = base_a if i % 2 else base_b
+            try:
+                status = request(base, "/hello", timeout=5).status
+            except OSError as err:
+                failures.append(f"{base}: {err}")
+                continue
+            served += 1
+            if status != 200:
+                failures.append(f"{base}: HTTP {status}")
+            time.sleep(0.002)
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    try:
+        time.sleep(0.2)
+        member = etcd.members[0]
+        member.kill()
+        time.sleep(0.3)
+        start = time.monotonic()
+        r = admin_a.put("/routes/2", route("/two", origin))
+        assert r.status == 503, (r.status, r.body)
+        assert "etcd is unavailable" in r.json()["error_msg"]
+        assert time.monotonic() - start < 3.0, "the admin write outlived the etcd timeout"
+        assert admin_a.get("/routes/1").status == 200, "reads must come from the cache"
+        time.sleep(0.5)  # keep the load running through the outage
+
+        etcd.start_member(member)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        loader.join(timeout=40)
+    assert not failures, f"{len(failures)} failed data-plane requests: {failures[:5]}"
+    assert served > 50, f"the load loop made only {served} requests"
+
+    # full recovery: writes go through again and reach both nodes
+    deadline = time.monotonic() + 10
+    while True:
+        r = admin_a.put("/routes/2", route("/two", origin))
+        if r.status in (200, 201) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert r.status == 201, (r.status, r.body)
+    wait_status(base_b, "/two", 200, timeout=5)
+    wait_status(base_a, "/two", 200, timeout=SERVED_WITHIN)
+
+
+def test_cli_node_on_etcd_with_admin_api(
+    cli: Callable[..., Any], etcd: EtcdCluster, origin: Origin
+) -> None:
+    port, admin_port = free_port(), free_port()
+    g = cli(
+        "--etcd",
+        ",".join(etcd.endpoints),
+        "--admin-key",
+        KEY,
+        "--admin-listen",
+        f"127.0.0.1:{admin_port}",
+        "--listen",
+        f"127.0.0.1:{port}",
+        port=port,
+    )
+    admin = Admin(f"http://127.0.0.1:{admin_port}")
+    wait_status(admin.base, "/apisix/admin/routes?api_key=" + KEY, 200, timeout=5)
+    assert admin.put("/routes/cli", route("/cli", origin)).status == 201
+    wait_status(g.base, "/cli", 200, timeout=SERVED_WITHIN)
+    assert Etcd(etcd.url).get("/apisix/routes/cli")["uri"] == "/cli"
+    _, out = g.stop()
+    assert "etcd" in out, out
