@@ -45,8 +45,9 @@ RESULTS_DIR = BENCH_DIR / "results"
 HOST = "127.0.0.1"
 ORIGIN_PORT = 1980
 GATEWAY_PORT = 9090
+REDIS_PORT = 6390
 EXPECTED_BODY = b"hello world\n"
-APT_PACKAGES = ("nginx-light", "libnginx-mod-http-lua", "lua-resty-core", "wrk")
+APT_PACKAGES = ("nginx-light", "libnginx-mod-http-lua", "lua-resty-core", "wrk", "redis-server")
 LUA_MODULE = Path("/usr/lib/nginx/modules/ngx_http_lua_module.so")
 DEFAULT_GATEWAY_CMD = (
     "{python} -m pygateway run --routes {routes} --listen {host}:{port} --workers {workers}"
@@ -67,6 +68,7 @@ class Target:
     description: str = ""
     routes: str = ""  # gateway: routes file in benches/config (default: the scenario's)
     args: tuple[str, ...] = ()  # gateway: extra flags
+    needs: tuple[str, ...] = ()  # services started first: "redis" (redis-server on REDIS_PORT)
 
 
 TARGETS: dict[str, Target] = {
@@ -101,6 +103,23 @@ TARGETS: dict[str, Target] = {
             "aiohttp (+uvloop if present) proxy with a per-client counter, 1 process",
         ),
         Target("pygateway", GATEWAY_PORT, "gateway", "", "pygateway native data plane"),
+        Target(
+            "pygw-python",
+            GATEWAY_PORT + 3,
+            "gateway",
+            "",
+            "pygateway pure-Python data plane (--engine python: aiohttp, one event loop)",
+            args=("--engine", "python"),
+        ),
+        Target(
+            "pygw-redis",
+            GATEWAY_PORT + 4,
+            "gateway",
+            "",
+            "pygateway native, limit-count with policy redis (redis-server on loopback)",
+            routes="limit-redis.yaml",
+            needs=("redis",),
+        ),
         Target(
             "pygw-sync",
             GATEWAY_PORT + 1,
@@ -149,6 +168,14 @@ SCENARIOS: dict[str, Scenario] = {
             targets=("origin", "nginx", "pygateway"),
             reference="nginx",
             routes="proxy.yaml",
+        ),
+        Scenario(
+            name="limit",
+            description="limit-count on every request (never reached: the counter's cost), then "
+            "proxied; the peer is the seed's nginx + Lua shared-dict counter",
+            targets=("origin", "nginx-lua", "pygateway", "pygw-redis"),
+            reference="nginx-lua",
+            routes="limit-local.yaml",
         ),
         Scenario(
             name="plugin",
@@ -280,6 +307,8 @@ def apt_command() -> str:
 
 def check_tools(targets: Sequence[Target], pin: bool, install: bool) -> None:
     missing = [t for t in ("nginx", "wrk") if shutil.which(t) is None]
+    if any("redis" in t.needs for t in targets) and shutil.which("redis-server") is None:
+        missing.append("redis-server")
     if any(t.name == "nginx-lua" for t in targets) and not LUA_MODULE.exists():
         missing.append(str(LUA_MODULE))
     if missing and install:
@@ -387,6 +416,18 @@ def launch_command(
             ) from e
         return [*cmd, *scenario.gateway_args, *target.args], []
     raise BenchError(f"unknown target kind {target.kind!r}")
+
+
+def wait_port(port: int, timeout: float) -> None:
+    """Wait until something accepts connections on HOST:port."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            socket.create_connection((HOST, port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise BenchError(f"nothing listens on {HOST}:{port} after {timeout}s")
 
 
 def probe(port: int, path: str, timeout: float = 1.0) -> tuple[int, bytes]:
@@ -655,7 +696,8 @@ def run(args: argparse.Namespace) -> int:
 
     # The origin is always needed (every proxy forwards to it), measured only if selected.
     to_start = [TARGETS["origin"], *[t for t in targets if t.name != "origin"]]
-    check_ports_free([t.port for t in to_start])
+    needs = {n for t in targets for n in t.needs}
+    check_ports_free([t.port for t in to_start] + ([REDIS_PORT] if "redis" in needs else []))
 
     machine = machine_info()
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -665,6 +707,12 @@ def run(args: argparse.Namespace) -> int:
     rounds: list[dict[str, Any]] = []
     ok = False
     try:
+        if "redis" in needs:
+            redis_cmd = ["redis-server", "--port", str(REDIS_PORT), "--bind", HOST]
+            redis_cmd += ["--save", "", "--appendonly", "no", "--dir", str(workdir)]
+            commands["redis"] = shlex.join([*server_prefix, *redis_cmd])
+            procs.start("redis", redis_cmd)
+            wait_port(REDIS_PORT, args.ready_timeout)
         for t in to_start:
             cmd, extra_logs = launch_command(t, scenario, args, shared, workdir)
             commands[t.name] = shlex.join([*server_prefix, *cmd])

@@ -46,6 +46,8 @@ class Ctx(Protocol):
     state: dict[str, Any]
     status: int
     plugin_name: str
+    plugin_global: bool
+    """Whether the running plugin conf comes from a global rule."""
     log: logging.Logger
 
     @property
@@ -74,6 +76,7 @@ class Ctx(Protocol):
     def body(self) -> bytes: ...
     async def body_async(self) -> bytes: ...
     def attach_consumer(self, consumer: dict[str, Any]) -> None: ...
+    def plugin_metadata(self, name: str) -> dict[str, Any] | None: ...
 
 
 class Headers(MutableMapping[str, str]):
@@ -323,6 +326,7 @@ class SimpleCtx:
         self.status = 200
         self.response_headers: Headers = Headers()
         self.plugin_name = ""
+        self.plugin_global = False
         self.log: logging.Logger = _DEFAULT_LOG
         self.changes = UpstreamChanges()
         self.var = Vars(self)

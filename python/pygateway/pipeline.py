@@ -20,6 +20,7 @@ so the per-request work is iterating tuples, evaluating ``_meta.filter`` and cal
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import threading
@@ -167,6 +168,7 @@ class Step:
     from_consumer: bool
     logger: logging.Logger
     methods: Mapping[str, tuple[Callable[..., Any], bool]]
+    global_rule: bool = False
 
     def method(self, phase: str) -> tuple[Callable[..., Any], bool] | None:
         return self.methods.get(phase)
@@ -226,6 +228,7 @@ class Pipeline:
     ``plugin_timeout``: seconds an async phase may take (504 beyond).
     ``consumer_groups``: consumer group id → group conf (its ``plugins`` are merged under the
     consumer's, see :meth:`Execution.merge_consumer`).
+    ``skip_native``: leave out plugins the native data plane runs itself (``Plugin.native``).
     """
 
     def __init__(
@@ -236,8 +239,10 @@ class Pipeline:
         plugin_timeout: float = DEFAULT_PLUGIN_TIMEOUT,
         consumer_groups: Mapping[str, Mapping[str, Any]] | None = None,
         cache_size: int = 4096,
+        skip_native: bool = False,
     ) -> None:
         self.registry = registry
+        self.skip_native = skip_native
         self._enabled: frozenset[str] | None = None if enabled is None else frozenset(enabled)
         self.plugin_timeout = plugin_timeout
         self.consumer_groups: Mapping[str, Mapping[str, Any]] = consumer_groups or {}
@@ -268,6 +273,8 @@ class Pipeline:
         if self._enabled is not None and name not in self._enabled:
             return None
         plugin = self.registry.get(name)
+        if plugin is not None and self.skip_native and plugin.native:
+            return None
         if plugin is None:
             if name not in self._warned:
                 self._warned.add(name)
@@ -362,7 +369,10 @@ class Pipeline:
                 "Removing it from execution list",
                 name,
             )
-        global_steps = self._sorted(self._step(n, c, False) for n, c in global_confs.items())
+        global_steps = [
+            dataclasses.replace(s, global_rule=True)
+            for s in self._sorted(self._step(n, c, False) for n, c in global_confs.items())
+        ]
         route_steps = self._sorted(self._step(n, c, False) for n, c in route.items())
         return Plan.build(global_steps, route_steps, route)
 
@@ -435,6 +445,7 @@ class Execution:
     def _enter(self, step: Step, phase: str) -> None:
         ctx = self.ctx
         ctx.plugin_name = step.name
+        ctx.plugin_global = step.global_rule
         ctx.log = step.logger
         if phase in REQUEST_PHASES or phase == "header_filter":
             self.trace.append(f"{step.name}#{phase}")

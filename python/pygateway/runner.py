@@ -40,6 +40,22 @@ STALE_AFTER = 300.0
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
 
+def upstream_target(changes: UpstreamChanges, request_uri: str) -> str | None:
+    """The request target plugins asked for (None: the client's, unchanged).
+
+    ``ctx.uri`` is the decoded path: what must be is percent-encoded again; the query is
+    the client's unless a plugin set one.
+    """
+    if changes.upstream_uri is not None:
+        return changes.upstream_uri
+    if changes.uri is None and changes.query is None:
+        return None
+    raw_path, _, raw_query = request_uri.partition("?")
+    path = quote(changes.uri, safe=_PATH_SAFE) if changes.uri is not None else raw_path
+    query = changes.query if changes.query is not None else raw_query
+    return f"{path}?{query}" if query else path
+
+
 @dataclass
 class PluginView:
     """What the runner needs of the config: swapped whole on every config change."""
@@ -334,19 +350,14 @@ class PluginRunner:
         ctx = run.ctx
         assert isinstance(ctx, SimpleCtx)
         ch = ctx.changes
-        uri = ch.upstream_uri
-        if uri is None and (ch.uri is not None or ch.query is not None):
-            raw_path, _, raw_query = job.request_uri.partition("?")
-            path = quote(ch.uri, safe=_PATH_SAFE) if ch.uri is not None else raw_path
-            query = ch.query if ch.query is not None else raw_query
-            uri = f"{path}?{query}" if query else path
         job.proceed(
             set_headers=[(name, value) for name, value in ch.set_headers.values()],
             remove_headers=sorted(ch.removed_headers),
-            uri=uri,
+            uri=upstream_target(ch, job.request_uri),
             method=ch.method,
             host=ch.host,
             debug=self._debug(run),
+            consumer=ctx.consumer_name,
         )
 
     def _send_head(self, job: _core.Job, run: Execution) -> None:

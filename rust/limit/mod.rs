@@ -20,6 +20,8 @@ use std::time::Duration;
 use http::header::{HeaderName, HeaderValue};
 use http::StatusCode;
 use serde::Deserialize;
+
+use crate::router::{Expr, RequestVars};
 use serde_json::Value;
 
 use local::{CountState, LocalStore};
@@ -37,6 +39,9 @@ pub struct LimiterSpec {
     pub owner: String,
     /// The plugin conf.
     pub conf: Value,
+    /// `_meta.filter`: the limiter runs only for requests matching this vars expression.
+    #[serde(default)]
+    pub filter: Option<Value>,
 }
 
 /// Header names of limit-count, from `plugin_metadata/limit-count`.
@@ -100,11 +105,11 @@ impl KeySpec {
     }
 
     /// The key value; None when nothing resolved (the caller falls back to the client).
-    fn resolve(&self, vars: &dyn Vars) -> Option<String> {
+    fn resolve(&self, vars: &dyn RequestVars) -> Option<String> {
         match self {
             KeySpec::Constant(c) => Some(c.clone()),
             KeySpec::Var(name) => vars
-                .get(name)
+                .var(name)
                 .filter(|v| !v.is_empty())
                 .map(Cow::into_owned),
             KeySpec::Combination(pieces) => {
@@ -114,7 +119,7 @@ impl KeySpec {
                     match p {
                         Piece::Text(t) => out.push_str(t),
                         Piece::Var(name) => {
-                            if let Some(v) = vars.get(name).filter(|v| !v.is_empty()) {
+                            if let Some(v) = vars.var(name).filter(|v| !v.is_empty()) {
                                 resolved += 1;
                                 out.push_str(&v);
                             }
@@ -167,12 +172,6 @@ fn parse_combination(s: &str) -> Vec<Piece> {
     pieces
 }
 
-/// Variables a key or an amount can name.
-pub trait Vars {
-    /// The value of `name` (APISIX/nginx variable names), if set.
-    fn get(&self, name: &str) -> Option<Cow<'_, str>>;
-}
-
 /// A number that may come from a variable (`count: "$http_quota"`, APISIX 3.16+).
 #[derive(Debug, Clone, PartialEq)]
 enum Amount {
@@ -201,11 +200,11 @@ impl Amount {
         }
     }
 
-    fn resolve(&self, vars: &dyn Vars) -> Option<f64> {
+    fn resolve(&self, vars: &dyn RequestVars) -> Option<f64> {
         match self {
             Amount::Fixed(x) => Some(*x),
             Amount::Var(name) => vars
-                .get(name)
+                .var(name)
                 .and_then(|v| v.trim().parse::<f64>().ok())
                 .filter(|x| *x > 0.0),
         }
@@ -586,7 +585,7 @@ impl Limiter {
 /// The limiters of one route, in execution order.
 #[derive(Debug, Default)]
 pub struct Limits {
-    steps: Vec<Limiter>,
+    steps: Vec<(Limiter, Option<Expr>)>,
 }
 
 impl Limits {
@@ -595,14 +594,25 @@ impl Limits {
         if specs.is_empty() {
             return Ok(None);
         }
-        let steps = specs.iter().map(Limiter::build).collect::<Result<_, _>>()?;
+        let steps = specs
+            .iter()
+            .map(|spec| {
+                let filter = match &spec.filter {
+                    Some(f) => Some(Expr::compile(f).map_err(|e| {
+                        format!("plugin {} of {}: _meta.filter: {e}", spec.name, spec.owner)
+                    })?),
+                    None => None,
+                };
+                Ok((Limiter::build(spec)?, filter))
+            })
+            .collect::<Result<_, String>>()?;
         Ok(Some(Arc::new(Limits { steps })))
     }
 
     /// Reads every key and amount from the request.
-    pub fn resolve(&self, vars: &dyn Vars) -> Resolved {
+    pub fn resolve(&self, vars: &dyn RequestVars) -> Resolved {
         let client = || {
-            vars.get("remote_addr")
+            vars.var("remote_addr")
                 .map(Cow::into_owned)
                 .unwrap_or_default()
         };
@@ -613,7 +623,8 @@ impl Limits {
         let steps = self
             .steps
             .iter()
-            .map(|l| match l {
+            .filter(|(_, filter)| filter.as_ref().is_none_or(|f| f.eval(vars)))
+            .map(|(l, _)| match l {
                 Limiter::Conn(c) => Ready::Conn {
                     key: key_of(&c.common.ident, &c.key),
                     max: c.conn.resolve(vars).map(|x| x as u64),
@@ -900,8 +911,20 @@ mod tests {
     use std::collections::HashMap;
 
     struct Map(HashMap<&'static str, &'static str>);
-    impl Vars for Map {
-        fn get(&self, name: &str) -> Option<Cow<'_, str>> {
+    impl RequestVars for Map {
+        fn method(&self) -> &str {
+            "GET"
+        }
+        fn host(&self) -> &str {
+            ""
+        }
+        fn path(&self) -> &str {
+            "/"
+        }
+        fn remote_addr(&self) -> Option<std::net::IpAddr> {
+            None
+        }
+        fn var(&self, name: &str) -> Option<Cow<'_, str>> {
             self.0.get(name).map(|v| Cow::Borrowed(*v))
         }
     }
@@ -915,6 +938,7 @@ mod tests {
             name: name.into(),
             owner: owner.into(),
             conf,
+            filter: None,
         }
     }
 
@@ -1056,6 +1080,25 @@ mod tests {
         assert!(run(&limits, &v, &store).is_err());
         drop(held);
         assert!(run(&limits, &v, &store).is_ok());
+    }
+
+    #[test]
+    fn meta_filter_skips_the_limiter() {
+        let store = Arc::new(LocalStore::default());
+        let mut s = spec(
+            "limit-count",
+            "routes/1",
+            json!({"count": 1, "time_window": 60}),
+        );
+        s.filter = Some(json!([["http_x_limited", "==", "yes"]]));
+        let limits = Limits::build(&[s]).unwrap().unwrap();
+        let free = vars(&[("remote_addr", "1.1.1.1")]);
+        for _ in 0..3 {
+            assert!(run(&limits, &free, &store).is_ok());
+        }
+        let limited = vars(&[("remote_addr", "1.1.1.1"), ("http_x_limited", "yes")]);
+        assert!(run(&limits, &limited, &store).is_ok());
+        assert!(run(&limits, &limited, &store).is_err());
     }
 
     #[test]

@@ -255,8 +255,20 @@ impl<'a> LimitVars<'a> {
     }
 }
 
-impl limit::Vars for LimitVars<'_> {
-    fn get(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+impl RequestVars for LimitVars<'_> {
+    fn method(&self) -> &str {
+        self.view.method()
+    }
+    fn host(&self) -> &str {
+        self.view.host()
+    }
+    fn path(&self) -> &str {
+        self.view.path()
+    }
+    fn remote_addr(&self) -> Option<std::net::IpAddr> {
+        self.view.remote_addr()
+    }
+    fn var(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
         use std::borrow::Cow::Borrowed;
         match name {
             "route_id" => Some(Borrowed(&self.route.id)),

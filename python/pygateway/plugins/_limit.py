@@ -162,12 +162,17 @@ class LocalCounters:
                 self._conns[key] = n
 
 
-COUNTERS = LocalCounters()
-"""Shared by every route of the python engine in this process."""
+def counters(plugin: object) -> LocalCounters:
+    """The counters of one plugin instance (one per gateway: gateways never share)."""
+    found = plugin.__dict__.get("_counters")
+    if found is None:
+        found = plugin.__dict__["_counters"] = LocalCounters()
+    return found
 
 
 def owner_of(ctx: Ctx) -> str:
-    return f"routes/{ctx.var.get('route_id') or ''}"
+    """The object whose counters these are: the global rules, or the route."""
+    return "global_rules" if ctx.plugin_global else f"routes/{ctx.var.get('route_id') or ''}"
 
 
 def conf_ident(name: str, ctx: Ctx, conf: dict[str, Any]) -> str:

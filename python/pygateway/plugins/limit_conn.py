@@ -14,9 +14,9 @@ from pygateway.plugin import Plugin, Response
 
 from ._limit import (
     COMMON_PROPERTIES,
-    COUNTERS,
     check_policy,
     conf_ident,
+    counters,
     rejection,
     resolve_amount,
     resolve_key,
@@ -50,7 +50,7 @@ class LimitConn(Plugin):
             return 500, {"error_msg": "failed to limit conn"}
         key = resolve_key(ctx, conf["key"], conf.get("key_type", "var"))
         full = f"{conf_ident(self.name, ctx, conf)}:{key}"
-        n = COUNTERS.enter(full, int(conn) + int(conf["burst"]))
+        n = counters(self).enter(full, int(conn) + int(conf["burst"]))
         if n is None:
             return rejection(conf)
         ctx.state.setdefault(_HELD, []).append(full)
@@ -63,4 +63,4 @@ class LimitConn(Plugin):
 
     def log(self, conf: dict[str, Any], ctx: Ctx) -> None:
         for key in ctx.state.pop(_HELD, []):
-            COUNTERS.leave(key)
+            counters(self).leave(key)

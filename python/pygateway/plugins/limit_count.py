@@ -13,9 +13,9 @@ from pygateway.plugin import Plugin, Response
 
 from ._limit import (
     COMMON_PROPERTIES,
-    COUNTERS,
     check_policy,
     conf_ident,
+    counters,
     rejection,
     resolve_amount,
     resolve_key,
@@ -100,7 +100,7 @@ class LimitCount(Plugin):
                 return 500, {"error_msg": "failed to limit count"}
             key = resolve_key(ctx, rule.get("key") or "remote_addr", conf.get("key_type", "var"))
             scope = f"{ident}:{i}" if len(rules) > 1 else ident
-            allowed, remaining, reset = COUNTERS.count(f"{scope}:{key}", int(count), window)
+            allowed, remaining, reset = counters(self).count(f"{scope}:{key}", int(count), window)
             rejected |= not allowed
             if conf.get("show_limit_quota_header", True):
                 prefix = None

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from pygateway.ctx import Ctx
 from pygateway.plugin import Plugin, Response
 
-from ._limit import COMMON_PROPERTIES, COUNTERS, check_policy, conf_ident, rejection, resolve_key
+from ._limit import COMMON_PROPERTIES, check_policy, conf_ident, counters, rejection, resolve_key
 
 
 class LimitReq(Plugin):
@@ -35,7 +35,7 @@ class LimitReq(Plugin):
 
     async def access(self, conf: dict[str, Any], ctx: Ctx) -> Response | None:
         key = resolve_key(ctx, conf["key"], conf.get("key_type", "var"))
-        delay = COUNTERS.bucket(
+        delay = counters(self).bucket(
             f"{conf_ident(self.name, ctx, conf)}:{key}", float(conf["rate"]), float(conf["burst"])
         )
         if delay is None:
