@@ -18,7 +18,7 @@ import pytest
 from origin import Blackhole, Origin
 from pygateway import Gateway
 
-ENGINES = ["native"]
+ENGINES = ["native", "python"]
 
 
 @dataclass

@@ -172,10 +172,20 @@ def test_port_in_use_is_a_clear_error():
     assert "Traceback" not in r.stderr
 
 
-def test_python_engine_flag_is_a_clear_error():
-    r = pygateway("run", "--engine", "python", "--listen", f"127.0.0.1:{free_port()}")
-    assert r.returncode == 2
-    assert "python engine" in r.stderr
+def test_python_engine_flag_serves(cli, origin, tmp_path):
+    routes = tmp_path / "apisix.yaml"
+    routes.write_text(ROUTES.format(addr=origin.addr))
+    port = free_port()
+    g = cli(
+        "--engine", "python", "--routes", str(routes), "--listen", f"127.0.0.1:{port}", port=port
+    )
+    r = request(g.base, "/x?y=1")
+    assert r.status == 200
+    assert r.json()["path"] == "/x?y=1"
+    assert r.headers["server"].startswith("pygateway/")
+    code, out = g.stop()
+    assert code == 0, out
+    assert "python engine" in out
 
 
 def test_validate_ok_and_every_error_listed(tmp_path):

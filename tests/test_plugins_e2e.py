@@ -118,13 +118,13 @@ class Shout(Plugin):
 
 
 @pytest.fixture
-def plugin_gateway(origin):
+def plugin_gateway(origin, engine):
     made: list[Gateway] = []
 
     def make(routes: list[dict[str, Any]], **node: Any) -> Gateway:
         node.setdefault("listen", ["127.0.0.1:0"])
         node.setdefault("workers", 2)
-        gw = Gateway(config={"routes": routes}, **node)
+        gw = Gateway(config={"routes": routes}, engine=engine, **node)
         for cls in (Recorder, Boom, Slow, BodyReader, AsyncBodyReader, Shout):
             gw.register_plugin(cls)
         made.append(gw.start())
@@ -250,14 +250,14 @@ def test_invalid_plugin_conf_is_refused_with_apisix_wording(origin):
     assert "failed to check the configuration of plugin ip-restriction err:" in str(err.value)
 
 
-def test_key_auth_with_consumers_and_hidden_credentials(origin):
+def test_key_auth_with_consumers_and_hidden_credentials(origin, engine):
     config = {
         "consumers": [{"username": "jack", "plugins": {"key-auth": {"key": "k-123"}}}],
         "routes": [
             route("/*", origin.addr, plugins={"key-auth": {"hide_credentials": True}}),
         ],
     }
-    with Gateway(config=config, listen=["127.0.0.1:0"], workers=1) as gw:
+    with Gateway(config=config, listen=["127.0.0.1:0"], workers=1, engine=engine) as gw:
         assert request(gw.url, "/").status == 401
         bad = request(gw.url, "/", headers={"apikey": "nope"})
         assert bad.status == 401 and b"nope" not in bad.body
@@ -282,7 +282,7 @@ def test_debug_header_says_no_plugin_when_none_ran(plugin_gateway, origin):
     assert request(gw.url, "/").headers["apisix-plugins"] == "no plugin"
 
 
-def test_plugins_cannot_change_message_framing(origin):
+def test_plugins_cannot_change_message_framing(origin, engine):
     routes = [
         route(
             "/up",
@@ -299,7 +299,7 @@ def test_plugins_cannot_change_message_framing(origin):
             },
         },
     ]
-    with Gateway(config={"routes": routes}, listen=["127.0.0.1:0"], workers=1) as gw:
+    with Gateway(config={"routes": routes}, listen=["127.0.0.1:0"], workers=1, engine=engine) as gw:
         r = request(gw.url, "/up", method="POST", body=b"GET /smuggled HTTP/1.1\r\n\r\n")
         assert r.status == 200
         assert r.json()["body"] == "GET /smuggled HTTP/1.1\r\n\r\n", "the body was cut short"
@@ -365,7 +365,7 @@ def test_body_filter_rewrites_the_streamed_response(plugin_gateway, origin):
         assert request(gw.url, "/stream/1").body == b"CHUNK 0\n<END>"
 
 
-def test_response_phases_run_on_a_plugin_answer(origin):
+def test_response_phases_run_on_a_plugin_answer(origin, engine):
     # key-auth answers 401 in rewrite; cors still adds its headers in header_filter (APISIX)
     routes = [
         route(
@@ -374,7 +374,7 @@ def test_response_phases_run_on_a_plugin_answer(origin):
             plugins={"key-auth": {}, "cors": {"allow_origins": "http://a.test"}},
         )
     ]
-    with Gateway(config={"routes": routes}, listen=["127.0.0.1:0"], workers=1) as gw:
+    with Gateway(config={"routes": routes}, listen=["127.0.0.1:0"], workers=1, engine=engine) as gw:
         r = request(gw.url, "/", headers={"Origin": "http://a.test"})
         assert r.status == 401
         assert r.headers.get("access-control-allow-origin") == "http://a.test"

@@ -1,0 +1,707 @@
+"""The pure-Python data plane: aiohttp's HTTP/1.1 server on one asyncio loop.
+
+:class:`PythonDataPlane` has the interface the :class:`~pygateway.Gateway` uses on the
+native ``_core.DataPlane`` (``start``, ``apply``, ``stop``, ``addresses``, ``running``,
+``demo_address``, ``route_count``) and consumes the same change sets
+(``docs/CONTRACT-snapshot.md``). The request pipeline, top to bottom, is :meth:`_handle`:
+parse → route → request plugin phases → upstream → header_filter → body (body_filter) → log.
+
+One thread runs one event loop (uvloop when installed) for every listener: ``workers`` is
+accepted and ignored. Plugins run on that loop, in-process: sync phases inline, async ones
+awaited, with the same :class:`~pygateway.pipeline.Execution` the native plane's runner uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ipaddress
+import json
+import logging
+import socket
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web, web_protocol, web_server
+from aiohttp.http import HttpVersion11
+from aiohttp.http_exceptions import LineTooLong
+
+from ..ctx import RequestBodyTooLarge, SimpleCtx
+from ..pipeline import REQUEST_PHASES, Execution, Pipeline, PluginResponse
+from ..runner import PLUGIN_BODY_LIMIT, PluginView, upstream_target
+from .proxy import (
+    Changes,
+    ClientBodyError,
+    Forward,
+    Reply,
+    RequestBody,
+    forward,
+    html_error,
+    json_error,
+    plugin_headers,
+    plugin_reply,
+)
+from .request import (
+    BadRequest,
+    RequestInfo,
+    client_addr,
+    normalize_path,
+    request_host,
+    split_target,
+)
+from .router import IpSet, RouteTable, path_mode
+from .upstream import Timeouts, Upstream
+
+__all__ = ["EngineError", "PythonDataPlane"]
+
+log = logging.getLogger("pygateway.engine")
+
+MAX_HEADER_LINE = 64 * 1024
+"""Longest request line or header field; beyond, 431 (the native plane allows ~400 KiB in all)."""
+_RESPONSE_PHASES = frozenset(("header_filter", "body_filter", "log"))
+
+
+class EngineError(Exception):
+    """The data plane refused an operation (bind failure, invalid change set...)."""
+
+
+@dataclass(frozen=True)
+class RouteEntry:
+    """What a matched route carries into the data plane."""
+
+    id: str
+    upstream: str | None
+    timeout: Timeouts | None
+    phases: frozenset[str]
+    plugins: Mapping[str, Any]
+    name: str | None
+    service_id: str | None
+
+    @property
+    def request_phases(self) -> bool:
+        return not self.phases.isdisjoint(REQUEST_PHASES)
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+def _bind(addr: str) -> socket.socket:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit():
+        raise EngineError(f"invalid listen address {addr!r}: expected HOST:PORT")
+    host = host.strip("[]")
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        raise EngineError(f"invalid listen address {addr!r}: expected HOST:PORT") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, int(port)))
+        sock.listen(4096)
+        sock.setblocking(False)
+    except OSError as err:
+        sock.close()
+        raise EngineError(f"failed to listen on {addr}: {err}") from None
+    return sock
+
+
+def _sock_addr(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _Response(web.StreamResponse):
+    """A response whose headers are exactly the gateway's (no default Content-Type)."""
+
+    async def _prepare_headers(self) -> None:
+        had_type = "Content-Type" in self.headers
+        await super()._prepare_headers()
+        if not had_type:
+            self.headers.popall("Content-Type", None)
+
+
+class _Handler(web_protocol.RequestHandler):
+    """aiohttp's connection handler, answering malformed requests as the native plane does."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status == 400 and isinstance(exc, LineTooLong):
+            status = 431
+        if status >= 500:
+            log.error("error handling a request", exc_info=exc)
+        reply = html_error(status)
+        resp = web.Response(
+            status=status, body=reply.body if isinstance(reply.body, bytes) else b""
+        )
+        for name, value in reply.headers:
+            resp.headers[name] = value
+        resp.force_close()
+        return resp
+
+
+class _Server(web_server.Server):
+    def __call__(self) -> web_protocol.RequestHandler:
+        return _Handler(self, loop=self._loop, **self._kwargs)
+
+
+def _request_factory(
+    message: Any,
+    payload: Any,
+    protocol: web_protocol.RequestHandler,
+    writer: Any,
+    task: asyncio.Task[None],
+) -> web.BaseRequest:
+    if message is web_protocol.ERROR:
+        message = message._replace(version=HttpVersion11)  # error pages are HTTP/1.1
+    return web.BaseRequest(message, payload, protocol, writer, task, protocol._loop)
+
+
+class PythonDataPlane:
+    """The gateway's data plane on asyncio + aiohttp (``--engine python``).
+
+    Same constructor as ``_core.DataPlane`` plus ``pipeline``: the plugin pipeline it runs
+    in-process. ``view`` (a :class:`~pygateway.runner.PluginView`) is what plugins see of
+    the config; the gateway replaces it on every config change.
+    """
+
+    def __init__(
+        self,
+        listen: Sequence[str],
+        workers: int,
+        router: str = "radixtree_host_uri",
+        trusted_addresses: Sequence[str] = (),
+        header_read_timeout: float = 60.0,
+        demo_origin: str | None = None,
+        debug: bool = False,
+        *,
+        pipeline: Pipeline | None = None,
+    ) -> None:
+        try:
+            params = path_mode(router)
+        except ValueError as err:
+            raise ValueError(str(err)) from None
+        if not header_read_timeout > 0:
+            raise ValueError("header_read_timeout must be > 0")
+        try:
+            self._trusted = IpSet(trusted_addresses)
+        except ValueError as err:
+            raise EngineError(f"trusted_addresses: {err}") from None
+        self._listen = list(listen)
+        self.workers = workers
+        """Accepted for compatibility; the Python engine serves on one event loop."""
+        self._keepalive = header_read_timeout
+        self.debug = debug
+        self.pipeline = pipeline
+        self.view = PluginView()
+        self._routes: RouteTable[RouteEntry] = RouteTable.empty(params)
+        self._upstreams: dict[str, Upstream] = {}
+        self._apply_lock = threading.Lock()
+        self._demo_sock = _bind(demo_origin) if demo_origin is not None else None
+        self._demo_addr = _sock_addr(self._demo_sock) if self._demo_sock is not None else None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self._http: list[web_server.Server] = []
+        self._addrs: list[str] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- the Gateway's interface ----------------------------------------------------
+
+    def start(self) -> list[str]:
+        """Bind the listeners and serve on a background thread; return "HOST:PORT" strings."""
+        if self._thread is not None:
+            raise EngineError("gateway is already running")
+        socks = [_bind(a) for a in self._listen]
+        loop = _new_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            loop.run_forever()
+
+        self._loop = loop
+        self._thread = threading.Thread(target=run, name="pygateway-python-engine", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        try:
+            self._call(self._open(socks), 10)
+        except BaseException:
+            self._halt()
+            raise
+        self._addrs = [_sock_addr(s) for s in socks]
+        return list(self._addrs)
+
+    def apply(self, changes: str) -> None:
+        """Apply a JSON change set (``docs/CONTRACT-snapshot.md``): all or nothing."""
+        try:
+            cs = json.loads(changes)
+        except ValueError as err:
+            raise EngineError(f"invalid change set: {err}") from None
+        # plugin_metadata reaches plugins through the view (PluginView.plugin_metadata).
+        unknown = set(cs) - {
+            "upsert_upstreams",
+            "delete_upstreams",
+            "upsert_routes",
+            "delete_routes",
+            "plugin_metadata",
+        }
+        if unknown:
+            raise EngineError(f"invalid change set: unknown field `{sorted(unknown)[0]}`")
+        with self._apply_lock:
+            try:
+                built = [Upstream(c) for c in cs.get("upsert_upstreams") or []]
+                upserts = [(r, self._entry(r)) for r in cs.get("upsert_routes") or []]
+                routes = self._routes.with_changes(upserts, cs.get("delete_routes") or [])
+            except (ValueError, KeyError, TypeError) as err:
+                raise EngineError(str(err)) from None
+            upstreams = dict(self._upstreams)
+            old: list[Upstream] = []
+            for up in built:
+                replaced = upstreams.get(up.key)
+                if replaced is not None:
+                    old.append(replaced)
+                upstreams[up.key] = up
+            self._upstreams = upstreams
+            self._routes = routes
+            for key in cs.get("delete_upstreams") or []:
+                gone = upstreams.get(key)
+                if gone is not None:
+                    old.append(gone)
+                    upstreams = dict(upstreams)
+                    del upstreams[key]
+                    self._upstreams = upstreams
+            self._close_later(old)
+
+    def stop(self, drain_timeout: float) -> None:
+        """Stop accepting; in-flight requests get ``drain_timeout`` seconds to finish."""
+        if self._thread is None or self._loop is None:
+            return
+        # aiohttp reads a zero timeout as "no timeout": the shortest drain is 10 ms.
+        drain = max(drain_timeout, 0.01)
+        try:
+            self._call(self._close(drain), drain + 10)
+        except Exception:
+            log.exception("python engine: shutdown failed")
+        self._halt()
+        self._addrs = []
+
+    def addresses(self) -> list[str]:
+        return list(self._addrs)
+
+    @property
+    def demo_address(self) -> str | None:
+        return self._demo_addr
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    @property
+    def route_count(self) -> int:
+        return len(self._routes)
+
+    def call(self, fn: Callable[[], Any], timeout: float = 30) -> Any:
+        """Run ``fn`` on the engine's loop between requests (plugins never see a half reload)."""
+        loop = self._loop
+        if loop is None or self._thread is None or not self._thread.is_alive():
+            return fn()
+
+        async def run() -> Any:
+            return fn()
+
+        return self._call(run(), timeout)
+
+    # -- lifecycle on the loop ------------------------------------------------------
+
+    def _call(self, coro: Any, timeout: float) -> Any:
+        assert self._loop is not None
+        fut: concurrent.futures.Future[Any] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return fut.result(timeout)
+
+    def _halt(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is not None and thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
+            if not thread.is_alive():
+                loop.close()
+        self._loop = None
+        self._thread = None
+
+    def _server(self, handler: Callable[[web.BaseRequest], Any]) -> web_server.Server:
+        return _Server(
+            handler,
+            request_factory=_request_factory,
+            auto_decompress=False,
+            keepalive_timeout=self._keepalive,
+            max_line_size=MAX_HEADER_LINE,
+            max_field_size=MAX_HEADER_LINE,
+            access_log=None,
+        )
+
+    async def _open(self, socks: list[socket.socket]) -> None:
+        loop = asyncio.get_running_loop()
+        http = self._server(self._handle)
+        self._http.append(http)
+        for sock in socks:
+            self._servers.append(await loop.create_server(http, sock=sock, backlog=4096))
+        if self._demo_sock is not None:
+            demo = self._server(_demo)
+            self._http.append(demo)
+            self._servers.append(await loop.create_server(demo, sock=self._demo_sock))
+            self._demo_sock = None
+
+    async def _close(self, drain: float) -> None:
+        for srv in self._servers:
+            srv.close()
+        for http in self._http:
+            http.pre_shutdown()  # idle keep-alive connections close now, busy ones after
+        await asyncio.gather(*(http.shutdown(drain) for http in self._http), return_exceptions=True)
+        for srv in self._servers:
+            await srv.wait_closed()
+        self._servers.clear()
+        self._http.clear()
+        for up in self._upstreams.values():
+            up.close()
+
+    def _close_later(self, old: list[Upstream]) -> None:
+        """Idle connections of replaced upstreams are closed on the loop (it owns them)."""
+        loop = self._loop
+        if not old:
+            return
+        if loop is None or loop.is_closed():
+            for up in old:
+                up.close()
+            return
+        for up in old:
+            loop.call_soon_threadsafe(up.close)
+
+    def _entry(self, r: Mapping[str, Any]) -> RouteEntry:
+        return RouteEntry(
+            id=str(r["id"]),
+            upstream=r.get("upstream"),
+            timeout=Timeouts.of(r.get("timeout")),
+            phases=frozenset(r.get("phases") or ()),
+            plugins=r.get("plugins") or {},
+            name=r.get("name"),
+            service_id=r.get("service_id"),
+        )
+
+    # -- one request ----------------------------------------------------------------
+
+    def _info(self, request: web.BaseRequest) -> RequestInfo:
+        """The request as the router sees it; raises BadRequest (400)."""
+        raw = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in request.raw_headers]
+        authority, target = split_target(request.raw_path)
+        host_headers = [v for n, v in raw if n == "host"]
+        version = request.version
+        host = request_host(host_headers, authority, version < HttpVersion11)
+        path, _, query = target.partition("?")
+        transport = request.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        local = transport.get_extra_info("sockname") if transport is not None else None
+        peer_t = (str(peer[0]), int(peer[1])) if peer else ("127.0.0.1", 0)
+        local_t = (str(local[0]), int(local[1])) if local else ("127.0.0.1", 0)
+        peer_ip = ipaddress.ip_address(peer_t[0])
+        xff = [v for n, v in raw if n == "x-forwarded-for"]
+        return RequestInfo(
+            method=request.method,
+            request_uri=target,
+            headers=raw,
+            host=host,
+            path=normalize_path(path),
+            query=query if "?" in target else None,
+            client=client_addr(xff, peer_ip, self._trusted),
+            peer=(str(peer_ip), peer_t[1]),
+            local=(str(ipaddress.ip_address(local_t[0])), local_t[1]),
+            version=f"HTTP/{version.major}.{version.minor}",
+        )
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            info = self._info(request)
+        except BadRequest as err:
+            log.info("bad request: %s", err)
+            reply = html_error(400)
+            reply.headers.append(("connection", "close"))
+            return await self._send(request, reply, None)
+        m = self._routes.match(info)
+        if m is None:
+            return await self._send(request, json_error(404, "404 Route Not Found"), None)
+        route = m.payload
+        upstream = self._upstreams.get(route.upstream) if route.upstream else None
+        client_host = info.header("host")
+        if client_host is None:
+            client_host, _ = split_target(request.raw_path)
+        fwd = Forward(route.id, upstream, route.timeout, client_host)
+        body = RequestBody(
+            request.content if request.body_exists else None, _expect_continue(request)
+        )
+        if not route.phases or self.pipeline is None:
+            reply = await forward(info, fwd, body, self._trusted, None)
+            if self.debug:
+                reply.headers.append(("apisix-plugins", "no plugin"))
+            return await self._send(request, reply, None)
+        return await self._with_plugins(request, info, m.params, route, fwd, body)
+
+    async def _with_plugins(
+        self,
+        request: web.BaseRequest,
+        info: RequestInfo,
+        params: list[tuple[str, str]],
+        route: RouteEntry,
+        fwd: Forward,
+        body: RequestBody,
+    ) -> web.StreamResponse:
+        """A route with plugins: the phases around the upstream exchange."""
+        assert self.pipeline is not None
+        view = self.view
+        conf = view.routes.get(route.id)
+        plugins = conf.get("plugins") if conf is not None else route.plugins
+        ctx = SimpleCtx(
+            method=info.method,
+            path=info.path,
+            query=info.query or "",
+            headers=info.headers,
+            host=info.host,
+            remote_addr=str(info.client),
+            server_port=info.local[1],
+            route_id=route.id,
+            route_name=route.name,
+            service_id=route.service_id,
+            params=dict(params),
+            body_reader=lambda: _plugin_body(body),
+            client_max_body_size=PLUGIN_BODY_LIMIT,
+            consumers=view.consumers,
+            plugin_metadata=view.plugin_metadata,
+        )
+        ctx.request_uri = info.request_uri
+        run = self.pipeline.start(ctx, plugins or {}, view.global_rules)
+        debug: str | None = None
+        reply: Reply | None = None
+        changes: Changes | None = None
+        if route.request_phases:
+            try:
+                if body.exists:
+                    await body.prefetch(PLUGIN_BODY_LIMIT, (route.timeout or Timeouts()).read)
+                resp = await _request_phases(run)
+            except ClientBodyError as err:  # the client stalled or broke its body
+                reply, resp = html_error(err.status), None
+            except Exception:
+                log.exception("plugin phases failed")
+                reply, resp = _internal_error(), None
+            if self.debug:
+                debug = run.debug_header()
+            if resp is not None:
+                reply = plugin_reply(resp.status, resp.headers, resp.body)
+            elif reply is None:
+                ch = ctx.changes
+                changes = Changes(
+                    set_headers=[(n, v) for n, v in ch.set_headers.values()],
+                    remove_headers=sorted(ch.removed_headers),
+                    uri=upstream_target(ch, info.request_uri),
+                    method=ch.method,
+                    host=ch.host,
+                )
+                if ch.host is not None:
+                    fwd.client_host = ch.host
+        if reply is None:
+            reply = await forward(info, fwd, body, self._trusted, changes)
+        if "header_filter" in route.phases:
+            try:
+                ctx.set_response(reply.status, reply.headers)
+                await _phase(run, "header_filter")
+                _replace_head(reply, ctx.status, ctx.response_headers.items_list())
+            except Exception:
+                log.exception("header_filter failed")
+                return await self._send(request, _internal_error(), None)
+            if self.debug:
+                debug = run.debug_header()
+        if debug is not None:
+            reply.headers = [(n, v) for n, v in reply.headers if n.lower() != "apisix-plugins"]
+            reply.headers.append(("apisix-plugins", debug))
+        if "body_filter" in route.phases:
+            _filter_body(reply, run)
+        if not _RESPONSE_PHASES.isdisjoint(route.phases):
+            return await self._send(request, reply, lambda: self._log(run, reply))
+        return await self._send(request, reply, None)
+
+    def _log(self, run: Execution, reply: Reply) -> None:
+        """The log phase, once the response is over (not holding up the connection)."""
+        ctx = run.ctx
+        assert isinstance(ctx, SimpleCtx)
+        ctx.set_response(reply.status, reply.headers)
+        if run.plan.has_async("log"):
+            task = asyncio.ensure_future(run.run_phase_async("log"))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            run.run_phase("log")
+
+    async def _send(
+        self,
+        request: web.BaseRequest,
+        reply: Reply,
+        after: Callable[[], None] | None,
+    ) -> web.StreamResponse:
+        """Write the reply; a body failing mid-way closes the client connection."""
+        resp = _Response(status=reply.status)
+        for name, value in reply.headers:
+            if name.lower() not in ("content-length", "transfer-encoding"):
+                resp.headers.add(name, value)
+        if reply.length is not None:
+            resp.content_length = reply.length
+        close = reply.status == 408 or any(
+            n.lower() == "connection" and v.lower() == "close" for n, v in reply.headers
+        )
+        if close:
+            resp.force_close()
+        try:
+            await resp.prepare(request)
+            if isinstance(reply.body, bytes):
+                if reply.body:
+                    await resp.write(reply.body)
+            else:
+                try:
+                    async for data, _last in reply.body:
+                        if data:
+                            await resp.write(data)
+                except Exception as err:
+                    log.warning("response body aborted: %s", err)
+                    if request.transport is not None:
+                        request.transport.close()
+                    return resp
+            await resp.write_eof()
+            if close and request.protocol is not None:
+                request.protocol.force_close()  # no lingering over a stalled or bad body
+        except (ConnectionError, asyncio.CancelledError):
+            if not isinstance(reply.body, bytes):
+                await _discard(reply.body)
+            raise
+        finally:
+            if after is not None:
+                try:
+                    after()
+                except Exception:
+                    log.exception("log phase failed")
+        return resp
+
+
+async def _discard(body: Any) -> None:
+    aclose = getattr(body, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:
+            pass
+
+
+def _internal_error() -> Reply:
+    return json_error(500, "internal error")
+
+
+def _plugin_body(body: RequestBody) -> bytes:
+    data = body.for_plugin()
+    if data is None:
+        raise RequestBodyTooLarge(f"request body larger than {PLUGIN_BODY_LIMIT} bytes")
+    return data
+
+
+def _expect_continue(request: web.BaseRequest) -> Callable[[], None]:
+    """Answers ``Expect: 100-continue`` the first time the body is read (as hyper does)."""
+    sent = False
+
+    def send() -> None:
+        nonlocal sent
+        if sent:
+            return
+        sent = True
+        expect = request.headers.get("Expect", "")
+        if expect.lower() == "100-continue" and request.version == HttpVersion11:
+            transport = request.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    return send
+
+
+async def _request_phases(run: Execution) -> PluginResponse | None:
+    plan = run.plan
+    if any(plan.has_async(p) for p in REQUEST_PHASES):
+        return await run.run_phases_async(REQUEST_PHASES)
+    return run.run_phases(REQUEST_PHASES)
+
+
+async def _phase(run: Execution, phase: str) -> None:
+    if run.plan.has_async(phase):
+        await run.run_phase_async(phase)
+    else:
+        run.run_phase(phase)
+
+
+def _replace_head(reply: Reply, status: int, headers: list[tuple[str, str]]) -> None:
+    """header_filter's status and headers; the body's framing stays the gateway's."""
+    if 100 <= status <= 999:
+        reply.status = status
+    length = [(n, v) for n, v in reply.headers if n.lower() == "content-length"]
+    reply.headers = [*plugin_headers(headers), *length[:1]]
+
+
+def _filter_body(reply: Reply, run: Execution) -> None:
+    """Run the body through the plugins' body_filter; the client gets it chunked."""
+    source = reply.body
+    reply.length = None
+    reply.headers = [(n, v) for n, v in reply.headers if n.lower() != "content-length"]
+    use_async = run.plan.has_async("body_filter")
+
+    async def filtered() -> Any:
+        async def pieces() -> Any:
+            if isinstance(source, bytes):
+                yield source, True
+            else:
+                async for piece in source:
+                    yield piece
+
+        ended = False
+        async for data, last in pieces():
+            if use_async:
+                out = await run.body_filter_async(data, last)
+            else:
+                out = run.body_filter(data, last)
+            ended = last
+            yield out, last
+        if not ended:
+            out = (
+                await run.body_filter_async(b"", True) if use_async else run.body_filter(b"", True)
+            )
+            yield out, True
+
+    reply.body = filtered()
+
+
+async def _demo(request: web.BaseRequest) -> web.StreamResponse:
+    """The built-in demo origin of the embedded default config."""
+    text = (
+        "hello from the pygateway demo origin\n"
+        f"method: {request.method}\nuri: {request.raw_path}\n"
+        f"host: {request.headers.get('Host', '-')}\n"
+        f"x-forwarded-for: {request.headers.get('X-Forwarded-For', '-')}\n"
+    )
+    return web.Response(text=text, headers={"Content-Type": "text/plain; charset=utf-8"})

@@ -1,0 +1,532 @@
+"""Forwarding one request upstream (``rust/server/proxy.rs``): the upstream head, node
+choice, retries, timeouts, and the error pages of the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+from aiohttp import StreamReader
+
+from .. import __version__
+from .request import RequestInfo
+from .router import IpSet
+from .upstream import (
+    ClosedEarly,
+    ConnectFailed,
+    ConnectTimeout,
+    ExchangeError,
+    Node,
+    ResponseHead,
+    Timeouts,
+    Upstream,
+    UpstreamConn,
+    connect,
+    secs,
+)
+
+log = logging.getLogger("pygateway.engine")
+
+SERVER = f"pygateway/{__version__}"
+"""The ``Server`` header value (the native plane's)."""
+
+HOP_BY_HOP = frozenset(
+    (
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+        "trailer",
+        "proxy-authenticate",
+    )
+)
+"""Headers that describe one connection, never forwarded (RFC 9110 §7.6.1)."""
+
+FRAMING = frozenset(
+    (
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "host",
+        "keep-alive",
+        "proxy-connection",
+    )
+)
+"""Headers the gateway owns: plugins cannot set or remove them (smuggling)."""
+
+IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+# -- responses --------------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    """A response on its way to the client."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    """(name, value); framing headers are the gateway's (``length``)."""
+    body: bytes | AsyncIterator[tuple[bytes, bool]] = b""
+    """Whole, or (data, is_last) pieces streamed from the upstream."""
+    length: int | None = None
+    """Content-Length to send; None: chunked (or nothing, for bodiless responses). A
+    ``content-length`` entry of ``headers`` (as the native plane shows plugins) is not sent."""
+    on_end: list[Callable[[bool], None]] = field(default_factory=list)
+    """Called once the body is over (``True`` when it ended cleanly)."""
+
+    def header(self, name: str) -> str | None:
+        for n, v in self.headers:
+            if n.lower() == name:
+                return v
+        return None
+
+
+def full(status: int, headers: list[tuple[str, str]], body: bytes) -> Reply:
+    return Reply(status, headers, body, len(body))
+
+
+def json_error(status: int, message: str) -> Reply:
+    """``{"error_msg": ...}`` with APISIX's trailing newline."""
+    body = (json.dumps({"error_msg": message}, separators=(",", ":")) + "\n").encode()
+    return full(status, [("content-type", "application/json"), ("server", SERVER)], body)
+
+
+def html_error(status: int) -> Reply:
+    """nginx-style error page, as APISIX answers proxy failures."""
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = ""
+    line = f"{status} {reason}"
+    body = (
+        f"<html>\r\n<head><title>{line}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{line}</h1></center>\r\n<hr><center>{SERVER}</center>\r\n"
+        "</body>\r\n</html>\r\n"
+    ).encode()
+    return full(status, [("content-type", "text/html"), ("server", SERVER)], body)
+
+
+def plugin_reply(status: int, headers: list[tuple[str, str]], body: bytes) -> Reply:
+    """A response a plugin made; the gateway frames it."""
+    kept = [(n, v) for n, v in plugin_headers(headers) if n.lower() != "server"]
+    kept.append(("server", SERVER))
+    return full(status if 100 <= status <= 999 else 500, kept, body)
+
+
+def plugin_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Response headers from plugins, without those framing the message (Host excepted)."""
+    return [
+        (n, v)
+        for n, v in headers
+        if _valid_header(n, v) and (n.lower() not in FRAMING or n.lower() == "host")
+    ]
+
+
+def _valid_header(name: str, value: str) -> bool:
+    return bool(_TOKEN.match(name)) and not _HEADER_VALUE_BAD.search(value)
+
+
+# -- the upstream head ------------------------------------------------------------------
+
+
+class HeaderList:
+    """Lower-cased (name, value) pairs with ``HeaderMap``'s insert/remove semantics."""
+
+    def __init__(self, items: list[tuple[str, str]]) -> None:
+        self.items = items
+
+    def first(self, name: str) -> str | None:
+        for n, v in self.items:
+            if n == name:
+                return v
+        return None
+
+    def has(self, name: str) -> bool:
+        return any(n == name for n, _ in self.items)
+
+    def remove(self, name: str) -> None:
+        self.items = [(n, v) for n, v in self.items if n != name]
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every value of ``name`` (kept at its first place) or append it."""
+        out: list[tuple[str, str]] = []
+        done = False
+        for n, v in self.items:
+            if n == name:
+                if not done:
+                    out.append((n, value))
+                    done = True
+            else:
+                out.append((n, v))
+        if not done:
+            out.append((name, value))
+        self.items = out
+
+
+def strip_hop_by_hop(headers: HeaderList) -> None:
+    """Remove hop-by-hop headers and every header the Connection header names."""
+    named = [
+        t.strip().lower()
+        for n, v in headers.items
+        if n == "connection"
+        for t in v.split(",")
+        if t.strip()
+    ]
+    drop = (set(named) - {"host"}) | HOP_BY_HOP
+    if any(n in drop for n, _ in headers.items):
+        headers.items = [(n, v) for n, v in headers.items if n not in drop]
+
+
+@dataclass
+class Changes:
+    """What request plugins changed (``Job.proceed`` of the native plane)."""
+
+    set_headers: list[tuple[str, str]] = field(default_factory=list)
+    remove_headers: list[str] = field(default_factory=list)
+    uri: str | None = None
+    method: str | None = None
+    host: str | None = None
+
+
+def apply_header_changes(headers: HeaderList, changes: Changes) -> None:
+    for name in changes.remove_headers:
+        lname = name.lower()
+        if _TOKEN.match(name) and lname not in FRAMING:
+            headers.remove(lname)
+    for name, value in changes.set_headers:
+        lname = name.lower()
+        if _valid_header(name, value) and lname not in FRAMING:
+            headers.set(lname, value)
+
+
+# -- the request body -------------------------------------------------------------------
+
+
+class ClientBodyError(Exception):
+    """The client's body failed: 400, or 408 when it stalled."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RequestBody:
+    """The client's body on its way upstream: streamed, or read whole by a plugin."""
+
+    def __init__(self, stream: StreamReader | None, expect: Callable[[], None]) -> None:
+        self.stream = stream
+        self.buffered: bytes | None = None if stream is not None else b""
+        self.prefix = b""
+        """Read ahead by :meth:`prefetch` when the body was larger than its limit."""
+        self.too_large = False
+        self._expect = expect
+
+    @property
+    def exists(self) -> bool:
+        return self.stream is not None
+
+    async def _read(self, stall: float) -> bytes:
+        assert self.stream is not None
+        self._expect()
+        try:
+            return await asyncio.wait_for(self.stream.readany(), secs(stall))
+        except asyncio.TimeoutError:
+            raise ClientBodyError(408, "client stopped sending its body") from None
+        except Exception as err:  # the client went away mid-body
+            raise ClientBodyError(400, f"client body: {err}") from None
+
+    async def prefetch(self, limit: int, stall: float) -> None:
+        """Read the whole body if it is at most ``limit`` bytes (else keep what was read).
+
+        Sync plugins call ``ctx.body()`` on the event loop, where they cannot wait for the
+        client: their routes read it before the request phases.
+        """
+        if self.buffered is not None or self.too_large:
+            return
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            data = await self._read(stall)
+            if not data:
+                self.buffered = b"".join(parts)
+                return
+            parts.append(data)
+            size += len(data)
+            if size > limit:
+                self.prefix = b"".join(parts)
+                self.too_large = True
+                return
+
+    def for_plugin(self) -> bytes | None:
+        """What ``ctx.body()`` gets: the body, or None when larger than the limit."""
+        return None if self.too_large else self.buffered
+
+    async def chunks(self, stall: float) -> AsyncIterator[bytes]:
+        """The body pieces still to send (everything, for a buffered body)."""
+        if self.buffered is not None:
+            if self.buffered:
+                yield self.buffered
+            return
+        if self.prefix:
+            yield self.prefix
+        while True:
+            data = await self._read(stall)
+            if not data:
+                return
+            yield data
+
+    @property
+    def resendable(self) -> bool:
+        return self.buffered is not None
+
+
+# -- forwarding -------------------------------------------------------------------------
+
+
+class Failure(Exception):
+    """How one upstream attempt failed: its status, and whether another node may be tried."""
+
+    def __init__(self, status: int, message: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+
+
+@dataclass
+class Forward:
+    """A routed request on its way to its upstream."""
+
+    route_id: str
+    upstream: Upstream | None
+    timeout: Timeouts | None
+    client_host: str | None
+    """The Host the client sent (or the plugins' ``ctx.host``); used by ``pass_host: pass``."""
+
+
+def prepare_head(info: RequestInfo, headers: HeaderList, fwd: Forward, trusted: IpSet) -> None:
+    """The client's headers → the upstream's (X-Forwarded-*, X-Real-IP, hop-by-hop)."""
+    peer_ip = info.peer[0]
+    trusted_peer = bool(trusted) and trusted.matches(ipaddress.ip_address(peer_ip))
+    strip_hop_by_hop(headers)
+    headers.remove("proxy-authorization")
+    headers.remove("expect")  # the gateway answers 100-continue itself
+    prev = headers.first("x-forwarded-for")
+    xff = f"{prev}, {peer_ip}" if trusted_peer and prev is not None else peer_ip
+    headers.set("x-forwarded-for", xff)
+    headers.set("x-real-ip", str(info.client))
+
+    def keep(name: str) -> bool:
+        return trusted_peer and headers.has(name)
+
+    if not keep("x-forwarded-proto"):
+        headers.set("x-forwarded-proto", "http")
+    if not keep("x-forwarded-host"):
+        if fwd.client_host is not None:
+            headers.set("x-forwarded-host", fwd.client_host)
+        else:
+            headers.remove("x-forwarded-host")
+    if not keep("x-forwarded-port"):
+        headers.set("x-forwarded-port", str(info.local[1]))
+
+
+def _host_for(up: Upstream, node: Node, client_host: str | None) -> str:
+    if up.pass_host == "pass" and client_host is not None:
+        return client_host
+    if up.pass_host == "rewrite" and up.upstream_host is not None:
+        return up.upstream_host
+    return node.host_header
+
+
+async def forward(
+    info: RequestInfo,
+    fwd: Forward,
+    body: RequestBody,
+    trusted: IpSet,
+    changes: Changes | None,
+) -> Reply:
+    """Send the request to a node of its upstream (retrying as nginx does); the reply."""
+    up = fwd.upstream
+    if up is None:
+        log.warning("route %s: no upstream", fwd.route_id)
+        return html_error(502)
+    if up.balancer.is_empty():
+        log.warning("route %s: upstream %s has no node", fwd.route_id, up.key)
+        return html_error(502)
+    timeouts = fwd.timeout or up.timeouts or Timeouts()
+    headers = HeaderList(list(info.headers))
+    # Framing follows the client's own request, whatever plugins do to headers.
+    chunked = body.exists and not headers.has("content-length")
+    prepare_head(info, headers, fwd, trusted)
+    method = info.method
+    target = info.request_uri
+    if changes is not None:
+        apply_header_changes(headers, changes)
+        if changes.method is not None and _TOKEN.match(changes.method):
+            method = changes.method
+        if changes.uri is not None:
+            target = changes.uri
+    deadline = time.monotonic() + up.retry_timeout if up.retry_timeout else None
+    tried: list[int] = []
+    last = Failure(502, "no node tried", True)
+    while True:
+        idx = up.balancer.pick(tried)
+        if idx is None:
+            break
+        tried.append(idx)
+        node = up.nodes[idx]
+        headers.set("host", _host_for(up, node, fwd.client_host))
+        try:
+            head, conn = await _exchange(node, method, target, headers, chunked, body, timeouts)
+        except Failure as failure:
+            log.warning(
+                "route %s: upstream %s node %s:%s: %s",
+                fwd.route_id,
+                up.key,
+                node.host,
+                node.port,
+                failure,
+            )
+            last = failure
+            if not failure.retryable or len(tried) > up.retries:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                # APISIX: a retry past retry_timeout is refused with 502.
+                last = Failure(502, "proxy retry timeout", False)
+                break
+            continue
+        return _respond(head, conn, node, timeouts)
+    return html_error(last.status)
+
+
+async def _exchange(
+    node: Node,
+    method: str,
+    target: str,
+    headers: HeaderList,
+    chunked: bool,
+    body: RequestBody,
+    timeouts: Timeouts,
+) -> tuple[ResponseHead, UpstreamConn]:
+    """One try against one node; a stale pooled connection is retried once on a new one."""
+    fresh_only = False
+    head_bytes = _head(method, target, headers.items, chunked)
+    while True:
+        conn = None if fresh_only else node.pool.checkout()
+        if conn is None:
+            try:
+                conn = await connect(node.host, node.port, node.addr, timeouts.connect)
+            except ConnectTimeout as err:
+                raise Failure(504, str(err), True) from None
+            except ConnectFailed as err:
+                raise Failure(502, str(err), True) from None
+        head_sent = False
+        body_taken = False
+        send = secs(timeouts.send)
+        try:
+            await conn.write(head_bytes, send)
+            head_sent = True
+            if body.exists:
+                body_taken = not body.resendable
+                async for data in body.chunks(timeouts.read):
+                    await conn.write(_frame(data, chunked), send)
+                if chunked:
+                    await conn.write(b"0\r\n\r\n", send)
+            head = await conn.read_head(method, secs(timeouts.read))
+            return head, conn
+        except ClientBodyError as err:
+            conn.abort()
+            raise Failure(err.status, str(err), False) from None
+        except asyncio.TimeoutError:
+            conn.abort()
+            resendable = not body_taken and (not head_sent or method in IDEMPOTENT)
+            what = "read timed out" if head_sent else "send timed out"
+            raise Failure(504, what, resendable) from None
+        except (ClosedEarly, ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
+            conn.abort()
+            if conn.reused and not body_taken:
+                fresh_only = True
+                continue
+            resendable = not body_taken and (not head_sent or method in IDEMPOTENT)
+            raise Failure(502, "upstream closed the connection", resendable) from None
+        except (ExchangeError, OSError) as err:
+            conn.abort()
+            resendable = not body_taken and (not head_sent or method in IDEMPOTENT)
+            raise Failure(502, str(err), resendable) from None
+
+
+def _frame(data: bytes, chunked: bool) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data) if chunked else data
+
+
+def _head(method: str, target: str, headers: list[tuple[str, str]], chunked: bool) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1"]
+    lines.extend(f"{n}: {v}" for n, v in headers)
+    if chunked:
+        lines.append("transfer-encoding: chunked")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("latin-1", "replace")
+
+
+def _respond(head: ResponseHead, conn: UpstreamConn, node: Node, timeouts: Timeouts) -> Reply:
+    headers = [(n, v) for n, v in head.headers if n not in HOP_BY_HOP and n != "server"]
+    length: int | None = None
+    if head.framing == "length":
+        # One canonical value, never an upstream's list such as "2, 2".
+        length = head.length
+        headers = [(n, v) for n, v in headers if n != "content-length"]
+        headers.append(("content-length", str(length)))
+    elif head.framing == "empty":
+        cl = next((v for n, v in headers if n == "content-length"), None)
+        first = cl.split(",")[0].strip() if cl is not None else ""
+        if first.isdigit():
+            length = int(first)
+        else:
+            headers = [(n, v) for n, v in headers if n != "content-length"]
+    else:  # chunked / close: the client gets it chunked
+        headers = [(n, v) for n, v in headers if n != "content-length"]
+    headers.append(("server", SERVER))
+    if head.status >= 500:
+        headers.append(("x-apisix-upstream-status", str(head.status)))
+    conn.served += 1
+    reply = Reply(head.status, headers, b"", length)
+    if head.framing == "empty":
+        _release(conn, node, head.reusable)
+        return reply
+
+    async def stream() -> AsyncIterator[tuple[bytes, bool]]:
+        ok = False
+        try:
+            async for piece in conn.body(head, secs(timeouts.read)):
+                yield piece
+            ok = True
+        finally:
+            if ok:
+                _release(conn, node, head.reusable)
+            else:
+                conn.abort()
+
+    reply.body = stream()
+    return reply
+
+
+def _release(conn: UpstreamConn, node: Node, reusable: bool) -> None:
+    if reusable:
+        node.pool.checkin(conn)
+    else:
+        conn.close()
