@@ -87,6 +87,7 @@ class NativeCtx(SimpleCtx):
         self.consumer_group_id: str | None = None
         self.changes = UpstreamChanges()
         self.plugin_name = ""
+        self.plugin_global = False
         self.log: logging.Logger = PLUGIN_LOG
 
     def _read_body(self) -> bytes:
@@ -103,13 +104,41 @@ class NativeCtx(SimpleCtx):
             self._body = await loop.run_in_executor(None, self._read_body)
         return self.body()
 
+    def set_header(self, name: str, value: str) -> None:
+        if "_headers" in self.__dict__:
+            super().set_header(name, value)
+            return
+        # The request headers were not read: record the change only, it is applied when
+        # (if ever) they are fetched.
+        key = name.lower()
+        self.changes.removed_headers.discard(key)
+        self.changes.set_headers[key] = (name, str(value))
+
+    def remove_header(self, name: str) -> None:
+        if "_headers" in self.__dict__:
+            super().remove_header(name)
+            return
+        key = name.lower()
+        self.changes.set_headers.pop(key, None)
+        self.changes.removed_headers.add(key)
+
+    def _fetch_headers(self, job: _core.Job) -> Headers:
+        headers = Headers(job.headers())
+        changes = self.changes
+        for key in changes.removed_headers:
+            if key in headers:
+                del headers[key]
+        for name, value in changes.set_headers.values():
+            headers[name] = value
+        return headers
+
     def __getattr__(self, name: str) -> Any:
         job = self.__dict__.get("_job")
         if job is None:  # not made by __init__ (copy, pickle): nothing to fill from
             raise AttributeError(name)
         value: Any
         if name == "_headers":
-            value = Headers(job.headers())
+            value = self._fetch_headers(job)
         elif name == "_method":
             value = job.method
         elif name == "_uri":
