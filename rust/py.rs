@@ -113,17 +113,12 @@ impl PyDataPlane {
         self.inner.route_count()
     }
 
-    /// The descriptor the plugin runner's event loop watches for queued jobs.
-    #[getter]
-    fn plugin_fd(&self) -> i32 {
-        self.inner.bridge().wake_fd()
-    }
-
-    /// Every queued plugin job (call when `plugin_fd` is readable).
-    fn take_jobs(&self) -> Vec<PyJob> {
-        self.inner
-            .bridge()
-            .take_all()
+    /// Every queued plugin job, waiting up to `timeout` seconds (without the GIL) when
+    /// there is none; an empty list after a timeout or [`interrupt`](Self::interrupt).
+    fn wait_jobs(&self, py: Python<'_>, timeout: f64) -> Vec<PyJob> {
+        let bridge = self.inner.bridge();
+        let wait = Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
+        py.detach(|| bridge.wait_all(wait))
             .into_iter()
             .map(|job| PyJob {
                 phase: job.phase,
@@ -134,9 +129,14 @@ impl PyDataPlane {
                     body: None,
                     ..job
                 },
-                bridge: self.inner.bridge().clone(),
+                bridge: bridge.clone(),
             })
             .collect()
+    }
+
+    /// Ends a `wait_jobs` in progress (or the next one) at once.
+    fn interrupt(&self) {
+        self.inner.bridge().interrupt();
     }
 
     /// Delivers the outcomes of completed jobs (call after each batch).

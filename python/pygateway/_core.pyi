@@ -34,11 +34,10 @@ class DataPlane:
     def running(self) -> bool: ...
     @property
     def route_count(self) -> int: ...
-    @property
-    def plugin_fd(self) -> int:
-        """Readable when plugin jobs are queued (watch it, then call ``take_jobs``)."""
-    def take_jobs(self) -> list[Job]:
-        """Every queued plugin job."""
+    def wait_jobs(self, timeout: float) -> list[Job]:
+        """Every queued plugin job, waiting up to ``timeout`` seconds (without the GIL)."""
+    def interrupt(self) -> None:
+        """End a ``wait_jobs`` in progress (or the next one) at once."""
     def flush(self) -> None:
         """Deliver the outcomes of completed jobs (one wake-up of the data plane per batch)."""
 

@@ -184,6 +184,7 @@ class Plan:
     global_phase: Mapping[str, tuple[Step, ...]]
     route_phase: Mapping[str, tuple[Step, ...]]
     _async: dict[str, bool] = field(default_factory=dict, repr=False)
+    _all: dict[str, tuple[Step, ...]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(
@@ -194,11 +195,15 @@ class Plan:
     ) -> Plan:
         gp = {ph: tuple(s for s in global_steps if ph in s.methods) for ph in PHASES}
         rp = {ph: tuple(s for s in route_steps if ph in s.methods) for ph in PHASES}
-        return cls(tuple(global_steps), tuple(route_steps), route_plugins, gp, rp)
+        every = {ph: gp[ph] + rp[ph] for ph in PHASES}
+        return cls(tuple(global_steps), tuple(route_steps), route_plugins, gp, rp, {}, every)
 
     def steps(self, phase: str) -> tuple[Step, ...]:
         """Steps implementing ``phase``: global rules first, then the route's."""
-        return self.global_phase.get(phase, ()) + self.route_phase.get(phase, ())
+        found = self._all.get(phase)
+        if found is None:
+            return self.global_phase.get(phase, ()) + self.route_phase.get(phase, ())
+        return found
 
     def has_async(self, phase: str) -> bool:
         """Does any plugin of ``phase`` (global or route) have an ``async def`` method?"""
@@ -251,6 +256,7 @@ class Pipeline:
         self._generation = registry.generation
         self._lock = threading.Lock()
         self._warned: set[str] = set()
+        self._clears = 0
 
     @property
     def enabled(self) -> frozenset[str] | None:
@@ -264,6 +270,12 @@ class Pipeline:
     def clear_cache(self) -> None:
         with self._lock:
             self._cache.clear()
+            self._clears += 1
+
+    @property
+    def epoch(self) -> tuple[int, int]:
+        """Changes whenever cached plans become stale (plugins reloaded, cache cleared)."""
+        return (self.registry.generation, self._clears)
 
     # -- planning -----------------------------------------------------------------------
 
@@ -424,8 +436,8 @@ class Execution:
         self.pipeline = pipeline
         self.ctx = ctx
         self.plan = plan
-        self.trace: list[str] = []
-        """``name#phase`` of every plugin phase that ran, in order."""
+        self.trace: list[tuple[str, str]] = []
+        """(name, phase) of every plugin phase that ran, in order."""
         self.response: PluginResponse | None = None
         """The response that ended the request (a plugin's or an error), if any."""
         self.consumer_merged = False
@@ -448,7 +460,7 @@ class Execution:
         ctx.plugin_global = step.global_rule
         ctx.log = step.logger
         if phase in REQUEST_PHASES or phase == "header_filter":
-            self.trace.append(f"{step.name}#{phase}")
+            self.trace.append((step.name, phase))
 
     def _timeout(self) -> float | None:
         t = self.pipeline.plugin_timeout
@@ -480,7 +492,7 @@ class Execution:
         return PluginResponse.error(500, "internal error", step.name, phase)
 
     def _result(self, step: Step, phase: str, value: Any) -> PluginResponse | None:
-        if phase not in REQUEST_PHASES:
+        if value is None or phase not in REQUEST_PHASES:
             return None
         try:
             return normalize_response(
@@ -531,18 +543,32 @@ class Execution:
             return None, self._failure(step, phase, err)
 
     def _steps_sync(self, phase: str, steps: Iterable[Step]) -> PluginResponse | None:
+        # The hot path of every sync plugin call: _enter and _call_sync inlined.
         request = phase in REQUEST_PHASES
+        traced = request or phase == "header_filter"
+        ctx, trace = self.ctx, self.trace
         for step in steps:
-            if not self._filter_ok(step):
+            if step.filter is not _NO_FILTER and not self._filter_ok(step):
                 continue
-            value, failure = self._call_sync(step, phase)
-            if failure is not None:
+            fn, asynchronous = step.methods[phase]
+            ctx.plugin_name = step.name
+            ctx.plugin_global = step.global_rule
+            ctx.log = step.logger
+            if traced:
+                trace.append((step.name, phase))
+            try:
+                value = fn(step.conf, ctx)
+                if asynchronous:
+                    value = self._run_sync_coro(value)
+            except Exception as err:
+                failure = self._failure(step, phase, err)
                 if request:
                     return failure
                 continue
-            resp = self._result(step, phase, value)
-            if resp is not None:
-                return resp
+            if value is not None:
+                resp = self._result(step, phase, value)
+                if resp is not None:
+                    return resp
         return None
 
     def run_phase(self, phase: str) -> PluginResponse | None:
@@ -658,7 +684,7 @@ class Execution:
     def debug_entries(self) -> list[str]:
         """``name#phase`` entries: what ran so far plus the ``body_filter`` / ``log`` phases
         still to come (inferred from the plan, as APISIX does)."""
-        entries = list(self.trace)
+        entries = [f"{name}#{phase}" for name, phase in self.trace]
         for phase in ("body_filter", "log"):
             entries.extend(
                 f"{s.name}#{phase}" for s in self.plan.steps(phase) if self._filter_ok(s)

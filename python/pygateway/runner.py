@@ -1,13 +1,16 @@
-"""Runs Python plugin phases for the native data plane, on one thread with an asyncio loop.
+"""Runs Python plugin phases for the native data plane.
 
-The data plane never takes the GIL: it queues jobs and wakes this thread through a socket
-pair (``DataPlane.plugin_fd``). Each wake-up takes every queued job; sync phases run inline,
-async ones as tasks on this loop, and each job is completed with the plugins' decision.
+The data plane never takes the GIL: it queues jobs. The plugin thread waits for them in
+Rust without the GIL (``DataPlane.wait_jobs``, woken only when it sleeps), takes every
+queued job, runs sync phases inline and completes each job with the plugins' decision, then
+delivers the whole batch at once. Async phases run as tasks on an asyncio loop in a second
+thread, so awaiting plugins never hold up the sync ones.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import threading
@@ -38,6 +41,7 @@ STALE_AFTER = 300.0
 """Seconds after which a request's plugin run is dropped if its log phase never came."""
 
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
+_NO_ROUTE: Mapping[str, Any] = {}
 
 
 def upstream_target(changes: UpstreamChanges, request_uri: str) -> str | None:
@@ -207,67 +211,83 @@ class PluginRunner:
         self._live: dict[int, tuple[Execution, float]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._running = False
         self._started = threading.Event()
+        self._calls: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]]
+        self._calls = collections.deque()
         self._last_sweep = time.monotonic()
         self._tasks: set[asyncio.Future[None]] = set()
         self._shapes: dict[Plan, _Shape] = {}
+        self._plans: dict[str, tuple[Any, Any, tuple[int, int], Plan]] = {}
 
     def start(self) -> None:
+        self._running = True
+        self._loop_thread = threading.Thread(
+            target=self._run_loop, name="pygateway-plugins-async", daemon=True
+        )
+        self._loop_thread.start()
+        self._started.wait(5)
         self._thread = threading.Thread(target=self._run, name="pygateway-plugins", daemon=True)
         self._thread.start()
-        self._started.wait(5)
 
     def stop(self) -> None:
-        loop = self._loop
-        if loop is not None and self._thread is not None:
-            loop.call_soon_threadsafe(loop.stop)
+        self._running = False
+        if self._thread is not None:
+            self._plane.interrupt()
             self._thread.join(5)
-        self._thread = None
+            self._thread = None
+        loop = self._loop
+        if loop is not None and self._loop_thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            self._loop_thread.join(5)
+        self._loop_thread = None
 
     def call(self, fn: Callable[[], Any], timeout: float = 30) -> Any:
-        """Run ``fn`` on the plugin thread between jobs (plugins never see a half reload)."""
-        loop = self._loop
-        if loop is None or self._thread is None or not self._thread.is_alive():
+        """Run ``fn`` on the plugin thread between batches (plugins never see a half reload)."""
+        thread = self._thread
+        if thread is None or not thread.is_alive() or thread is threading.current_thread():
             return fn()
         done: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-        def run() -> None:
-            try:
-                done.set_result(fn())
-            except BaseException as err:
-                done.set_exception(err)
-
-        loop.call_soon_threadsafe(run)
+        self._calls.append((fn, done))
+        self._plane.interrupt()
         return done.result(timeout)
 
     def _run(self) -> None:
+        plane = self._plane
+        while self._running:
+            jobs = plane.wait_jobs(0.5)
+            for job in jobs:
+                try:
+                    self._dispatch(job)
+                except Exception:
+                    log.exception("plugin runner failed on a %s job", job.phase)
+                    self._fail(job)
+            plane.flush()
+            while self._calls:
+                fn, done = self._calls.popleft()
+                try:
+                    done.set_result(fn())
+                except BaseException as err:
+                    done.set_exception(err)
+            now = time.monotonic()
+            if now - self._last_sweep > 10:
+                self._last_sweep = now
+                stale = [k for k, (_, t) in self._live.items() if now - t > STALE_AFTER]
+                for k in stale:
+                    self._live.pop(k, None)
+
+    def _run_loop(self) -> None:
         loop = asyncio.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)
-        loop.add_reader(self._plane.plugin_fd, self._on_wake)
         self._started.set()
         try:
             loop.run_forever()
         finally:
-            loop.remove_reader(self._plane.plugin_fd)
             loop.close()
 
     # -- dispatch ---------------------------------------------------------------------
-
-    def _on_wake(self) -> None:
-        for job in self._plane.take_jobs():
-            try:
-                self._dispatch(job)
-            except Exception:
-                log.exception("plugin runner failed on a %s job", job.phase)
-                self._fail(job)
-        self._plane.flush()
-        now = time.monotonic()
-        if now - self._last_sweep > 10:
-            self._last_sweep = now
-            stale = [k for k, (_, t) in self._live.items() if now - t > STALE_AFTER]
-            for k in stale:
-                del self._live[k]
 
     def _fail(self, job: _core.Job) -> None:
         body = b'{"error_msg":"internal error"}\n'
@@ -280,7 +300,8 @@ class PluginRunner:
             pass
 
     def _dispatch(self, job: _core.Job) -> None:
-        if job.phase == "request":
+        phase = job.phase
+        if phase == "request":
             run = self._begin(job)
             shape = self._shape(run.plan)
             if shape.later:
@@ -290,9 +311,9 @@ class PluginRunner:
                 self._spawn(run.run_phases_async(shape.phases), done)
             else:
                 self._reply(job, run, run.run_phases(shape.phases))
-        elif job.phase == "header_filter":
+        elif phase == "header_filter":
             self._response_phase(job, self._run_of(job), "header_filter", self._send_head)
-        elif job.phase == "body_filter":
+        elif phase == "body_filter":
             run = self._run_of(job)
             if run.plan.has_async("body_filter"):
                 self._spawn(run.body_filter_async(job.chunk, job.eof), job.send_chunk)
@@ -350,6 +371,8 @@ class PluginRunner:
         return shape
 
     def _spawn(self, coro: Awaitable[Any], done: Callable[[Any], None]) -> None:
+        """Run an async phase as a task on the loop thread; ``done`` gets its result."""
+
         async def task() -> None:
             try:
                 done(await coro)
@@ -358,16 +381,36 @@ class PluginRunner:
             finally:
                 self._plane.flush()
 
-        # The loop keeps only weak references to tasks: hold them until they finish.
-        t = asyncio.ensure_future(task())
-        self._tasks.add(t)
-        t.add_done_callback(self._tasks.discard)
+        def schedule() -> None:
+            # The loop keeps only weak references to tasks: hold them until they finish.
+            t = asyncio.ensure_future(task())
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("the plugin runner is not started")
+        loop.call_soon_threadsafe(schedule)
 
     def _begin(self, job: _core.Job) -> Execution:
         view = self.view
-        route = view.routes.get(job.route_id, {})
+        route_id = job.route_id
+        route = view.routes.get(route_id, _NO_ROUTE)
         ctx = NativeCtx(job, route, view)
-        return self.pipeline.start(ctx, route.get("plugins") or {}, view.global_rules)
+        # The route's plan, remembered here without the pipeline's lock and LRU bookkeeping.
+        plugins = route.get("plugins") or _NO_ROUTE
+        rules = view.global_rules
+        pipeline = self.pipeline
+        epoch = pipeline.epoch
+        known = self._plans.get(route_id)
+        if known is not None and known[0] is plugins and known[1] is rules and known[2] == epoch:
+            plan = known[3]
+        else:
+            plan = pipeline.plan(plugins, rules)
+            if len(self._plans) > 65536:
+                self._plans.clear()
+            self._plans[route_id] = (plugins, rules, epoch, plan)
+        return Execution(pipeline, ctx, plan)
 
     def _debug(self, run: Execution) -> str | None:
         return run.debug_header() if self.debug else None
@@ -379,14 +422,16 @@ class PluginRunner:
         ctx = run.ctx
         assert isinstance(ctx, SimpleCtx)
         ch = ctx.changes
+        removed = ch.removed_headers
+        rewritten = ch.upstream_uri is not None or ch.uri is not None or ch.query is not None
         job.proceed(
-            set_headers=[(name, value) for name, value in ch.set_headers.values()],
-            remove_headers=sorted(ch.removed_headers),
-            uri=upstream_target(ch, job.request_uri),
-            method=ch.method,
-            host=ch.host,
-            debug=self._debug(run),
-            consumer=ctx.consumer_name,
+            list(ch.set_headers.values()),
+            sorted(removed) if removed else [],
+            upstream_target(ch, job.request_uri) if rewritten else None,
+            ch.method,
+            ch.host,
+            self._debug(run),
+            ctx.consumer_name,
         )
 
     def _send_head(self, job: _core.Job, run: Execution) -> None:

@@ -1,21 +1,21 @@
 //! The bridge to Python plugins: data-plane threads hand phase jobs to the Python runner
 //! thread without ever taking the GIL.
 //!
-//! A job goes into a queue; if the runner may be asleep, one byte goes down a socket pair
-//! whose other end the runner's asyncio loop watches. The runner takes every queued job in
-//! one GIL section, runs the phase, and completes the job, which wakes the waiting request
-//! task through a oneshot channel. Under load many jobs share one wake-up.
+//! A job goes into a queue; the runner thread waits for jobs in Rust, without the GIL (as
+//! Granian's blocking workers do), and is woken through a condition variable only when it
+//! actually sleeps. It takes every queued job in one GIL section, runs the phase, and
+//! completes the job, which wakes the waiting request task through a oneshot channel.
+//! Under load many jobs share one wake-up, and a busy runner is never signalled at all.
 
 use std::collections::VecDeque;
-use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode, Uri};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use tokio::sync::oneshot;
 
 /// Which crossing a job is.
@@ -153,25 +153,24 @@ pub struct BodyRequest {
 /// The queue between data-plane threads and the Python runner.
 pub struct Bridge {
     queue: Mutex<VecDeque<Job>>,
+    ready: Condvar,
+    /// The runner sleeps in [`Bridge::wait_all`] (read and written under the queue lock).
+    sleeping: AtomicBool,
+    /// [`Bridge::interrupt`] was called: the next wait returns at once.
+    interrupted: AtomicBool,
     outbox: Mutex<Vec<(oneshot::Sender<Outcome>, Outcome)>>,
-    wake_tx: UnixStream,
-    wake_rx: UnixStream,
-    wake_pending: AtomicBool,
     next_id: AtomicU64,
 }
 
 impl Bridge {
-    /// A bridge with its wake-up socket pair.
+    /// An empty bridge.
     pub fn new() -> std::io::Result<Self> {
-        let (tx, rx) = UnixStream::pair()?;
-        tx.set_nonblocking(true)?;
-        rx.set_nonblocking(true)?;
         Ok(Bridge {
             queue: Mutex::new(VecDeque::new()),
+            ready: Condvar::new(),
+            sleeping: AtomicBool::new(false),
+            interrupted: AtomicBool::new(false),
             outbox: Mutex::new(Vec::new()),
-            wake_tx: tx,
-            wake_rx: rx,
-            wake_pending: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
         })
     }
@@ -181,19 +180,25 @@ impl Bridge {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Queues a job and wakes the runner if needed. Never blocks.
+    /// Queues a job and wakes the runner if it sleeps. Never blocks for long: the queue
+    /// lock is held for a push.
     pub fn submit(&self, job: Job) {
-        self.queue.lock().push_back(job);
-        if !self.wake_pending.swap(true, Ordering::AcqRel) {
-            // A full socket buffer already means a wake-up is pending.
-            let _ = (&self.wake_tx).write(&[1]);
+        let sleeping = {
+            let mut q = self.queue.lock();
+            q.push_back(job);
+            self.sleeping.load(Ordering::Relaxed)
+        };
+        if sleeping {
+            self.ready.notify_one();
         }
     }
 
-    /// The file descriptor the runner watches for readability.
-    pub fn wake_fd(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsRawFd;
-        self.wake_rx.as_raw_fd()
+    /// Wakes a runner sleeping in [`Bridge::wait_all`] (to stop it, or to run something
+    /// between batches).
+    pub fn interrupt(&self) {
+        let _q = self.queue.lock();
+        self.interrupted.store(true, Ordering::Relaxed);
+        self.ready.notify_all();
     }
 
     /// Holds an outcome until [`Bridge::flush`]: completing a batch of jobs together wakes
@@ -211,12 +216,17 @@ impl Bridge {
         }
     }
 
-    /// Takes every queued job; clears the wake-up first so none is lost.
-    pub fn take_all(&self) -> Vec<Job> {
-        let mut sink = [0u8; 256];
-        while matches!((&self.wake_rx).read(&mut sink), Ok(n) if n > 0) {}
-        self.wake_pending.store(false, Ordering::Release);
-        self.queue.lock().drain(..).collect()
+    /// Takes every queued job, waiting up to `timeout` for one when there is none (or
+    /// less, when interrupted). Call it without the GIL.
+    pub fn wait_all(&self, timeout: Duration) -> Vec<Job> {
+        let mut q = self.queue.lock();
+        if q.is_empty() && !self.interrupted.swap(false, Ordering::Relaxed) {
+            self.sleeping.store(true, Ordering::Relaxed);
+            self.ready.wait_for(&mut q, timeout);
+            self.sleeping.store(false, Ordering::Relaxed);
+            self.interrupted.store(false, Ordering::Relaxed);
+        }
+        q.drain(..).collect()
     }
 }
 
@@ -252,23 +262,36 @@ mod tests {
         )
     }
 
+    const NOW: Duration = Duration::ZERO;
+
     #[test]
-    fn one_wake_byte_for_many_jobs() {
+    fn a_burst_is_taken_in_one_batch() {
         let b = Bridge::new().unwrap();
         for _ in 0..10 {
             b.submit(job(&b).0);
         }
-        let mut buf = [0u8; 16];
-        let n = (&b.wake_rx).read(&mut buf).unwrap();
-        assert_eq!(n, 1, "a burst of jobs must cost one wake-up");
-        assert_eq!(b.take_all().len(), 10);
-        assert!(b.take_all().is_empty());
+        assert_eq!(b.wait_all(NOW).len(), 10);
+        assert!(b.wait_all(NOW).is_empty());
+    }
+
+    #[test]
+    fn a_sleeping_runner_is_woken_by_a_job_and_by_interrupt() {
+        let b = Arc::new(Bridge::new().unwrap());
+        let waiter = {
+            let b = b.clone();
+            std::thread::spawn(move || b.wait_all(Duration::from_secs(30)).len())
+        };
+        while !b.sleeping.load(Ordering::Relaxed) {
+            std::thread::yield_now();
+        }
         b.submit(job(&b).0);
-        assert_eq!(
-            b.take_all().len(),
-            1,
-            "the wake flag is re-armed after a take"
-        );
+        assert_eq!(waiter.join().unwrap(), 1);
+        let waiter = {
+            let b = b.clone();
+            std::thread::spawn(move || b.wait_all(Duration::from_secs(30)).len())
+        };
+        b.interrupt();
+        assert_eq!(waiter.join().unwrap(), 0, "interrupt ends the wait");
     }
 
     #[test]
@@ -276,7 +299,7 @@ mod tests {
         let b = Bridge::new().unwrap();
         let (j, mut rx) = job(&b);
         b.submit(j);
-        let mut jobs = b.take_all();
+        let mut jobs = b.wait_all(NOW);
         let tx = jobs[0].reply.take().unwrap();
         b.complete_later(tx, Outcome::Continue(Changes::default()));
         assert!(rx.try_recv().is_err(), "delivered before flush");
@@ -289,7 +312,7 @@ mod tests {
         let b = Bridge::new().unwrap();
         let (j, rx) = job(&b);
         b.submit(j);
-        let mut jobs = b.take_all();
+        let mut jobs = b.wait_all(NOW);
         let tx = jobs[0].reply.take().unwrap();
         tx.send(Outcome::Continue(Changes::default())).unwrap();
         assert!(matches!(rx.blocking_recv(), Ok(Outcome::Continue(_))));
