@@ -1,5 +1,6 @@
-"""limit-count, limit-req and limit-conn end to end: local policy on both engines, the
-redis and redis-cluster policies against real redis-server processes (native engine)."""
+"""limit-count, limit-req and limit-conn end to end on both engines: the local policy, and
+the redis and redis-cluster policies against real redis-server processes (one Redis shared
+by a native and a python node counts once)."""
 
 from __future__ import annotations
 
@@ -309,11 +310,11 @@ def test_conn_burst_is_delayed_not_rejected(gateway: Make, origin: Origin) -> No
     assert sorted(_parallel(gw, "/sleep/0.5", 3)) == [200, 200, 503]
 
 
-# -- redis and redis-cluster (native engine) ---------------------------------------------
+# -- redis and redis-cluster ---------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def redis() -> Iterator[redis_server.RedisServer]:
+def redis_process() -> Iterator[redis_server.RedisServer]:
     if not redis_server.available():
         pytest.skip("redis-server missing")
     r = redis_server.RedisServer().start()
@@ -321,27 +322,27 @@ def redis() -> Iterator[redis_server.RedisServer]:
     r.cleanup()
 
 
+@pytest.fixture
+def redis(redis_process: redis_server.RedisServer) -> redis_server.RedisServer:
+    """The module's redis-server, emptied: both engines use the same counter names."""
+    redis_process.cli("flushall")
+    return redis_process
+
+
 def _redis_conf(r: redis_server.RedisServer, **conf: Any) -> dict[str, Any]:
     return {"policy": "redis", "redis_host": "127.0.0.1", "redis_port": r.port, **conf}
 
 
-def _native_only(engine: str) -> None:
-    if engine != "native":
-        pytest.skip("the python engine has the local policy only (docs/compatibility.md)")
-
-
-@needs_redis
-def test_redis_two_gateways_share_one_counter_exactly(
-    engine: str, origin: Origin, redis: redis_server.RedisServer
+def _share_one_counter(
+    engines: list[str], origin: Origin, r: redis_server.RedisServer, window_type: str
 ) -> None:
-    _native_only(engine)
+    """Two gateways on one Redis, requests spread over both: exactly ``count`` pass."""
     count = 50
     plugins = lc(count=count, time_window=60, key="all", key_type="constant")
-    plugins["limit-count"].update(_redis_conf(redis))
+    plugins["limit-count"].update(_redis_conf(r, window_type=window_type))
     config = {"routes": [route("/a", origin.addr, id="shared", plugins=plugins)]}
     nodes = [
-        Gateway(config=config, listen=["127.0.0.1:0"], workers=2, engine="native").start()
-        for _ in range(2)
+        Gateway(config=config, listen=["127.0.0.1:0"], workers=2, engine=e).start() for e in engines
     ]
     try:
         urls = [g.addresses[0] for g in nodes]
@@ -357,7 +358,7 @@ def test_redis_two_gateways_share_one_counter_exactly(
 
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             results = list(pool.map(one, range(3 * count)))
-        assert results.count(200) == count
+        assert results.count(200) == count, f"{engines} on one redis: {results.count(200)} passed"
         assert results.count(503) == 2 * count
     finally:
         for g in nodes:
@@ -365,10 +366,43 @@ def test_redis_two_gateways_share_one_counter_exactly(
 
 
 @needs_redis
+def test_redis_two_gateways_share_one_counter_exactly(
+    engine: str, origin: Origin, redis: redis_server.RedisServer
+) -> None:
+    _share_one_counter([engine, engine], origin, redis, "fixed")
+
+
+@needs_redis
+@pytest.mark.parametrize("window_type", ["fixed", "sliding"])
+def test_redis_native_and_python_nodes_share_one_counter(
+    origin: Origin, redis: redis_server.RedisServer, window_type: str
+) -> None:
+    _share_one_counter(["native", "python"], origin, redis, window_type)
+
+
+def test_conf_hash_is_the_native_engines() -> None:
+    """The same number as rust/limit/mod.rs ``conf_hash_is_fnv1a_...``: counter names agree."""
+    from pygateway.plugins._limit import conf_hash
+
+    conf = {
+        "count": 2,
+        "time_window": 60,
+        "rejected_msg": 'sl\u00f6w "down"\n\u0001',
+        "rate": 0.5,
+        "burst": 1.0,
+        "big": 1e16,
+        "small": 1e-5,
+        "tiny": 2.5e-7,
+        "nested": {"b": [1, 2.5, True, None], "a": "x"},
+        "_meta": {"filter": [["arg_a", "==", "1"]]},
+    }
+    assert conf_hash(conf) == 15269562751155801864
+
+
+@needs_redis
 def test_redis_repairs_a_key_without_ttl(
     engine: str, gateway: Make, origin: Origin, redis: redis_server.RedisServer
 ) -> None:
-    _native_only(engine)
     plugins = lc(count=1, key="ttl-test", key_type="constant")
     plugins["limit-count"].update(_redis_conf(redis))
     gw = gateway({"routes": [route("/a", origin.addr, id="ttl", plugins=plugins)]})
@@ -383,7 +417,6 @@ def test_redis_repairs_a_key_without_ttl(
 def test_redis_down_fails_or_degrades_then_recovers(
     engine: str, gateway: Make, origin: Origin
 ) -> None:
-    _native_only(engine)
     r = redis_server.RedisServer().start()
     try:
         strict = lc(count=100, redis_timeout=200, **_redis_conf(r))
@@ -415,7 +448,6 @@ def test_redis_down_fails_or_degrades_then_recovers(
 def test_redis_limit_req_and_conn(
     engine: str, gateway: Make, origin: Origin, redis: redis_server.RedisServer
 ) -> None:
-    _native_only(engine)
     req = {"rate": 1, "burst": 0, "key": "remote_addr", "nodelay": True, **_redis_conf(redis)}
     conn = {
         "conn": 1,
@@ -442,7 +474,6 @@ def test_redis_limit_req_and_conn(
 
 @needs_redis
 def test_redis_cluster_policy(engine: str, gateway: Make, origin: Origin) -> None:
-    _native_only(engine)
     cluster = redis_server.RedisCluster().start()
     try:
         plugins = lc(

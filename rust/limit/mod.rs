@@ -1040,6 +1040,24 @@ mod tests {
         assert_eq!(id(&g1), id(&g2));
     }
 
+    /// The python engine computes the same hash (tests/test_limits.py pins this number), so
+    /// nodes of both engines on one Redis share counters.
+    #[test]
+    fn conf_hash_is_fnv1a_of_compact_sorted_json_without_meta() {
+        let conf = json!({
+            "count": 2, "time_window": 60, "rejected_msg": "sl\u{f6}w \"down\"\n\u{1}",
+            "rate": 0.5, "burst": 1.0, "big": 1e16, "small": 1e-5, "tiny": 2.5e-7,
+            "nested": {"b": [1, 2.5, true, null], "a": "x"},
+            "_meta": {"filter": [["arg_a", "==", "1"]]}
+        });
+        assert_eq!(conf_hash(&conf), 15269562751155801864);
+        let id = match Limiter::build(&spec("limit-req", "routes/r1", conf)).unwrap() {
+            Limiter::Req(r) => r.common.ident.clone(),
+            _ => unreachable!(),
+        };
+        assert_eq!(id, "limit-req:routes/r1:15269562751155801864");
+    }
+
     #[test]
     fn rules_use_prefixed_headers_and_each_window() {
         let store = Arc::new(LocalStore::default());

@@ -177,87 +177,32 @@ async fn run<T: redis::FromRedisValue>(
     result
 }
 
-/// Fixed window. A key that lost its TTL (a failover, a manual SET) is repaired: it is
-/// treated as a new window rather than blocking its key forever.
-static FIXED: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local ttl = redis.call('pttl', KEYS[1])
-if ttl < 0 then
-  local left = tonumber(ARGV[1]) - tonumber(ARGV[3])
-  redis.call('set', KEYS[1], left, 'PX', ARGV[2])
-  return {left, tonumber(ARGV[2])}
-end
-return {redis.call('decrby', KEYS[1], ARGV[3]), ttl}
-",
-    )
-});
+/// The server-side scripts, one copy shared with the python engine
+/// (`python/pygateway/plugins/limit_scripts/`); each file says what it takes and returns.
+macro_rules! script {
+    ($file:literal) => {
+        LazyLock::new(|| {
+            Script::new(include_str!(concat!(
+                "../../python/pygateway/plugins/limit_scripts/",
+                $file
+            )))
+        })
+    };
+}
 
-/// Sliding window over two aligned windows (KEYS[1] current, KEYS[2] previous; they share
-/// a hash tag so a cluster keeps them on one node).
-static SLIDING: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local limit, window, cost, elapsed = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local cur = tonumber(redis.call('get', KEYS[1]) or '0')
-local prev = tonumber(redis.call('get', KEYS[2]) or '0')
-local used = prev * (window - elapsed) / window + cur
-if used + cost > limit then
-  return {-1, window - elapsed}
-end
-redis.call('incrby', KEYS[1], cost)
-redis.call('pexpire', KEYS[1], window * 2)
-return {math.floor(limit - used - cost), window - elapsed}
-",
-    )
-});
+/// Fixed window; a key that lost its TTL is repaired as a new window.
+static FIXED: LazyLock<Script> = script!("fixed.lua");
+
+/// Sliding window over two aligned windows sharing a hash tag.
+static SLIDING: LazyLock<Script> = script!("sliding.lua");
 
 /// Leaky bucket in milli-units (`resty.limit.req`), clocked by the caller's `now`.
-static BUCKET: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local v = redis.call('hmget', KEYS[1], 'excess', 'last')
-local excess = 0
-if v[1] and v[2] then
-  local elapsed = math.abs(now - tonumber(v[2]))
-  excess = math.max(tonumber(v[1]) - math.floor(rate * elapsed / 1000) + 1000, 0)
-end
-if excess > burst then
-  return -1
-end
-redis.call('hset', KEYS[1], 'excess', excess, 'last', now)
-redis.call('pexpire', KEYS[1], math.ceil((excess + 1000) * 1000 / rate) + 1000)
-return excess
-",
-    )
-});
+static BUCKET: LazyLock<Script> = script!("bucket.lua");
 
-/// Connection count; the key expires after an hour without traffic so a node that died
-/// holding connections cannot block a key forever.
-static CONN_ENTER: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local n = redis.call('incr', KEYS[1])
-redis.call('expire', KEYS[1], 3600)
-if n > tonumber(ARGV[1]) then
-  redis.call('decr', KEYS[1])
-  return -1
-end
-return n
-",
-    )
-});
+/// Connection count; the key expires after an hour without traffic.
+static CONN_ENTER: LazyLock<Script> = script!("conn_enter.lua");
 
-static CONN_LEAVE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local n = redis.call('decr', KEYS[1])
-if n <= 0 then redis.call('del', KEYS[1]) end
-return n
-",
-    )
-});
+static CONN_LEAVE: LazyLock<Script> = script!("conn_leave.lua");
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -30,6 +30,7 @@ from aiohttp.http_exceptions import LineTooLong
 
 from ..ctx import RequestBodyTooLarge, SimpleCtx
 from ..pipeline import REQUEST_PHASES, Execution, Pipeline, PluginResponse
+from ..plugins._redis import close_clients as close_redis_clients
 from ..runner import PLUGIN_BODY_LIMIT, PluginView, upstream_target
 from .proxy import (
     Changes,
@@ -380,6 +381,7 @@ class PythonDataPlane:
         self._http.clear()
         for up in self._upstreams.values():
             up.close()
+        await close_redis_clients()
 
     def _close_later(self, old: list[Upstream]) -> None:
         """Idle connections of replaced upstreams are closed on the loop (it owns them)."""

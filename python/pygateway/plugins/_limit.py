@@ -3,11 +3,14 @@ and the counters the python engine uses.
 
 On the native engine these plugins run in Rust (``rust/limit``), at their APISIX
 priorities, after the Python request plugins of the route; the classes here give the
-schemas, the config checks and the python engine's implementation (local policy).
+schemas, the config checks and the python engine's implementation: local counters here,
+the Redis policies in ``_redis``.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import threading
 import time
@@ -15,6 +18,8 @@ from http import HTTPStatus
 from typing import Any
 
 from pygateway.ctx import Ctx
+
+from ._redis import Target
 
 POLICIES = ("local", "redis", "redis-cluster")
 
@@ -171,17 +176,105 @@ def counters(plugin: object) -> LocalCounters:
 
 
 def owner_of(ctx: Ctx) -> str:
-    """The object whose counters these are: the global rules, or the route."""
+    """The object whose counters these are: the route (``routes/<id>``, as the native
+    engine names it), or the global rules (the native engine's ``global_rules/<id>``: the
+    rule's id is not known to a plugin phase here)."""
     return "global_rules" if ctx.plugin_global else f"routes/{ctx.var.get('route_id') or ''}"
 
 
 def conf_ident(name: str, ctx: Ctx, conf: dict[str, Any]) -> str:
-    """Counter identity: owner + conf (APISIX ``gen_limit_key``), or the group."""
+    """Counter identity: owner + conf (APISIX ``gen_limit_key``), or the group; the same
+    text as the native engine's, so nodes of both engines on one Redis share counters."""
     group = conf.get("group")
     if group:
         return f"{name}:group:{group}"
-    stripped = {k: v for k, v in conf.items() if k != "_meta"}
-    return f"{name}:{owner_of(ctx)}:{hash(repr(sorted(stripped.items())))}"
+    return f"{name}:{owner_of(ctx)}:{compiled(conf).hash}"
+
+
+class Compiled:
+    """What a conf object always gives: its hash and its Redis target (None: local)."""
+
+    __slots__ = ("conf", "hash", "target")
+
+    def __init__(self, conf: dict[str, Any]) -> None:
+        self.conf = conf  # held so that id(conf) stays this conf's while cached
+        self.hash = conf_hash(conf)
+        self.target = Target.of(conf)
+
+
+_COMPILED: dict[int, Compiled] = {}
+
+
+def compiled(conf: dict[str, Any]) -> Compiled:
+    """The cached :class:`Compiled` of a conf object (confs are replaced, never mutated)."""
+    found = _COMPILED.get(id(conf))
+    if found is None or found.conf is not conf:
+        if len(_COMPILED) >= 4096:
+            _COMPILED.clear()
+        found = _COMPILED[id(conf)] = Compiled(conf)
+    return found
+
+
+def conf_hash(conf: dict[str, Any]) -> int:
+    """FNV-1a (64 bit) over the conf's JSON without ``_meta``, written as serde_json
+    writes it (compact, keys sorted, its float layout): rust/limit/mod.rs ``conf_hash``."""
+    h = 0xCBF29CE484222325
+    text = _json({k: v for k, v in conf.items() if k != "_meta"})
+    for b in text.encode("utf-8", "surrogatepass"):
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def _json(value: Any) -> str:
+    if isinstance(value, dict):
+        items = sorted((str(k), v) for k, v in value.items())
+        return "{" + ",".join(f"{_STR(k)}:{_json(v)}" for k, v in items) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_json(v) for v in value) + "]"
+    if isinstance(value, str):
+        return _STR(value)
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else ("true" if value else "false")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return _float(value)
+    return _STR(str(value))
+
+
+_STR = json.JSONEncoder(ensure_ascii=False).encode  # escapes exactly as serde_json does
+
+
+def _float(x: float) -> str:
+    """A float as serde_json writes it: the shortest digits (as Python's), plain from 1e-5
+    to below 1e16, else ``1e+16``, ``2.5e-7``."""
+    if not math.isfinite(x):
+        return "null"
+    sign = "-" if math.copysign(1.0, x) < 0 else ""
+    mantissa, _, exp = repr(abs(x)).partition("e")
+    whole, _, frac = mantissa.partition(".")
+    digits = (whole + frac).lstrip("0")
+    if not digits:
+        return sign + "0.0"
+    k = int(exp or 0) - len(frac)
+    stripped = digits.rstrip("0")
+    k += len(digits) - len(stripped)
+    digits = stripped
+    kk = len(digits) + k  # 10^(kk-1) <= |x| < 10^kk
+    if 0 <= k and kk <= 16:
+        return f"{sign}{digits}{'0' * k}.0"
+    if 0 < kk <= 16:
+        return f"{sign}{digits[:kk]}.{digits[kk:]}"
+    if -5 < kk <= 0:
+        return f"{sign}0.{'0' * -kk}{digits}"
+    if len(digits) == 1:
+        return f"{sign}{digits}e{kk - 1:+d}"
+    return f"{sign}{digits[0]}.{digits[1:]}e{kk - 1:+d}"
+
+
+def failed(plugin: str) -> tuple[int, dict[str, str]]:
+    """The answer when the counters cannot be reached (and no ``allow_degradation``)."""
+    return 500, {"error_msg": f"failed to limit {plugin}"}
 
 
 _NGINX_REASONS = {503: "Service Temporarily Unavailable", 413: "Request Entity Too Large"}

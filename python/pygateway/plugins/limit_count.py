@@ -1,7 +1,7 @@
 """limit-count: at most ``count`` requests per ``time_window`` seconds per key (APISIX).
 
 Native engine: runs in Rust (``rust/limit``); this class gives the schema, the checks and
-the python engine's local-policy implementation.
+the python engine's implementation (local counters, or Redis through ``_redis``).
 """
 
 from __future__ import annotations
@@ -11,11 +11,14 @@ from typing import Any, ClassVar
 from pygateway.ctx import Ctx
 from pygateway.plugin import Plugin, Response
 
+from . import _redis
 from ._limit import (
     COMMON_PROPERTIES,
     check_policy,
+    compiled,
     conf_ident,
     counters,
+    failed,
     rejection,
     resolve_amount,
     resolve_key,
@@ -86,8 +89,10 @@ class LimitCount(Plugin):
             return "sync_interval should be at least 0.1 and less than time_window"
         return check_policy(conf)
 
-    def access(self, conf: dict[str, Any], ctx: Ctx) -> Response | None:
+    async def access(self, conf: dict[str, Any], ctx: Ctx) -> Response | None:
         ident = conf_ident(self.name, ctx, conf)
+        target = compiled(conf).target
+        sliding = conf.get("window_type") == "sliding"
         rules = conf.get("rules") or [
             {"count": conf["count"], "time_window": conf["time_window"], "key": conf.get("key")}
         ]
@@ -97,10 +102,21 @@ class LimitCount(Plugin):
             count = resolve_amount(ctx, rule["count"])
             window = resolve_amount(ctx, rule["time_window"])
             if count is None or window is None:
-                return 500, {"error_msg": "failed to limit count"}
+                return failed("count")
             key = resolve_key(ctx, rule.get("key") or "remote_addr", conf.get("key_type", "var"))
             scope = f"{ident}:{i}" if len(rules) > 1 else ident
-            allowed, remaining, reset = counters(self).count(f"{scope}:{key}", int(count), window)
+            if target is None:
+                state = counters(self).count(f"{scope}:{key}", int(count), window)
+            else:
+                window_of = _redis.count_sliding if sliding else _redis.count_fixed
+                try:
+                    state = await window_of(target, f"{scope}:{key}", int(count), window)
+                except _redis.StoreError as err:
+                    ctx.log.error("limit-count: %s", err)
+                    if not conf.get("allow_degradation"):
+                        return failed("count")
+                    continue
+            allowed, remaining, reset = state
             rejected |= not allowed
             if conf.get("show_limit_quota_header", True):
                 prefix = None
