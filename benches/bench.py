@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -32,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,11 @@ LUA_MODULE = Path("/usr/lib/nginx/modules/ngx_http_lua_module.so")
 DEFAULT_GATEWAY_CMD = (
     "{python} -m pygateway run --routes {routes} --listen {host}:{port} --workers {workers}"
 )
+# A gateway with the Admin API on (Target.admin_port): its config lives in an embedded store in
+# the run's temporary folder, seeded through the Admin API from the routes file once it is up.
+ADMIN_GATEWAY_CMD = "{python} -m pygateway run --listen {host}:{port} --workers {workers}"
+# A throwaway key for this run's Admin APIs (given to the gateway in its environment).
+ADMIN_KEY = secrets.token_hex(16)
 
 
 # --------------------------------------------------------------------------- declarations
@@ -69,6 +75,7 @@ class Target:
     routes: str = ""  # gateway: routes file in benches/config (default: the scenario's)
     args: tuple[str, ...] = ()  # gateway: extra flags
     needs: tuple[str, ...] = ()  # services started first: "redis" (redis-server on REDIS_PORT)
+    admin_port: int = 0  # gateway: Admin API port; config in an embedded store, not a file
 
 
 TARGETS: dict[str, Target] = {
@@ -178,6 +185,16 @@ SCENARIOS: dict[str, Scenario] = {
             routes="limit-local.yaml",
         ),
         Scenario(
+            name="limit-plugin",
+            description="limit-count (local) on every request plus one sync Python plugin "
+            "(access sets an upstream request header), then proxied; the peer is the nginx + "
+            "Lua counter",
+            targets=("origin", "nginx-lua", "pygateway", "pygw-python"),
+            reference="nginx-lua",
+            routes="limit-plugin.yaml",
+            gateway_args=("--config", str(CONFIG_DIR / "plugins-node.yaml")),
+        ),
+        Scenario(
             name="plugin",
             description="one route /* to the origin; pygateway with no / one sync / one async "
             "Python plugin in access",
@@ -234,7 +251,13 @@ class ProcessGroup:
         self.cpu_prefix = list(cpu_prefix)
         self.procs: list[Proc] = []
 
-    def start(self, name: str, cmd: Sequence[str], extra_logs: Sequence[Path] = ()) -> Proc:
+    def start(
+        self,
+        name: str,
+        cmd: Sequence[str],
+        extra_logs: Sequence[Path] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> Proc:
         full = [*self.cpu_prefix, *cmd]
         log_path = self.workdir / f"{name}.log"
         log(f"start {name}: {shlex.join(full)}")
@@ -246,6 +269,7 @@ class ProcessGroup:
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
                 start_new_session=True,
+                env={**os.environ, **env} if env else None,
             )
         proc = Proc(name, popen, log_path, list(extra_logs))
         self.procs.append(proc)
@@ -407,6 +431,11 @@ def launch_command(
             "port": str(target.port),
             "workers": str(args.workers),
         }
+        if target.admin_port:
+            store = workdir / f"{target.name}-store.jsonl"
+            admin = ["--admin-listen", f"{HOST}:{target.admin_port}", "--store", str(store)]
+            cmd = [*shlex.split(ADMIN_GATEWAY_CMD.format(**fmt)), *admin]
+            return [*cmd, *scenario.gateway_args, *target.args], []
         try:
             cmd = shlex.split(args.gateway_cmd.format(**fmt))
         except (KeyError, IndexError, ValueError) as e:
@@ -428,6 +457,38 @@ def wait_port(port: int, timeout: float) -> None:
         except OSError:
             time.sleep(0.05)
     raise BenchError(f"nothing listens on {HOST}:{port} after {timeout}s")
+
+
+def admin_request(
+    port: int, method: str, path: str, body: Any = None, timeout: float = 5.0
+) -> tuple[int, bytes]:
+    """One Admin API call with this run's key; `body` is sent as JSON."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"X-API-KEY": ADMIN_KEY, "Content-Type": "application/json"}
+        conn.request(method, f"/apisix/admin/{path.lstrip('/')}", body=data, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def seed_store(target: Target, routes_file: Path, timeout: float) -> None:
+    """PUT the objects of a standalone routes file through `target`'s Admin API."""
+    import yaml  # a pygateway dependency; only gateways with an Admin API need it here
+
+    wait_port(target.admin_port, timeout)
+    config = yaml.safe_load(routes_file.read_text()) or {}
+    for resource in ("upstreams", "services", "routes"):
+        for i, obj in enumerate(config.get(resource) or [], start=1):
+            obj_id = obj.pop("id", f"bench-{i}")
+            status, body = admin_request(target.admin_port, "PUT", f"{resource}/{obj_id}", obj)
+            if status not in (200, 201):
+                raise BenchError(
+                    f"{target.name}: Admin API PUT {resource}/{obj_id} answered {status}: "
+                    f"{body[:300]!r}"
+                )
 
 
 def probe(port: int, path: str, timeout: float = 1.0) -> tuple[int, bytes]:
@@ -540,7 +601,7 @@ def run_wrk(
 # --------------------------------------------------------------------------- report
 
 
-def _fmt_ms(ms: float) -> str:
+def fmt_ms(ms: float) -> str:
     return f"{ms * 1000:.0f} us" if ms < 1 else f"{ms:.2f} ms"
 
 
@@ -585,7 +646,7 @@ def render_table(summary: dict[str, dict[str, Any]], reference: str) -> str:
             errors = "0"
         lines.append(
             f"| {name} | {s['rps_median']:,.0f} | {s['rps_min']:,.0f}-{s['rps_max']:,.0f} "
-            f"| {_fmt_ms(s['p50_ms_median'])} | {_fmt_ms(s['p99_ms_median'])} | {errors} "
+            f"| {fmt_ms(s['p50_ms_median'])} | {fmt_ms(s['p99_ms_median'])} | {errors} "
             f"| {ratio(s['rps_vs_reference'])} | {ratio(s['p99_vs_reference'])} |"
         )
     return "\n".join(lines)
@@ -687,58 +748,53 @@ def handle_signals() -> Iterator[None]:
             signal.signal(s, h)
 
 
-def run(args: argparse.Namespace) -> int:
-    scenario = SCENARIOS[args.scenario]
-    targets = select_targets(args, scenario)
-    shared = shared_bench_dir()
-    check_tools(targets, args.pin, args.install)
-    wrk_prefix, server_prefix, pin_note = pin_prefixes(args.pin)
+@dataclass
+class Served:
+    """What serving() started: the commands (for the report) and the servers' folder."""
 
+    workdir: Path
+    procs: ProcessGroup
+    commands: dict[str, str] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def serving(
+    scenario: Scenario,
+    targets: Sequence[Target],
+    args: argparse.Namespace,
+    shared: Path,
+    server_prefix: Sequence[str],
+) -> Iterator[Served]:
+    """Starts the origin, the services the targets need and the targets, each checked to answer
+    200 with the expected body; stops them all on exit. Logs are kept if anything failed,
+    including a server that died while the body of the `with` ran."""
     # The origin is always needed (every proxy forwards to it), measured only if selected.
     to_start = [TARGETS["origin"], *[t for t in targets if t.name != "origin"]]
     needs = {n for t in targets for n in t.needs}
-    check_ports_free([t.port for t in to_start] + ([REDIS_PORT] if "redis" in needs else []))
+    ports = [t.port for t in to_start] + [t.admin_port for t in to_start if t.admin_port]
+    check_ports_free(ports + ([REDIS_PORT] if "redis" in needs else []))
 
-    machine = machine_info()
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     workdir = Path(tempfile.mkdtemp(prefix=f"pygw-bench-{scenario.name}-"))
-    procs = ProcessGroup(workdir, server_prefix)
-    commands: dict[str, str] = {}
-    rounds: list[dict[str, Any]] = []
+    served = Served(workdir, ProcessGroup(workdir, server_prefix))
+    procs = served.procs
     ok = False
     try:
         if "redis" in needs:
             redis_cmd = ["redis-server", "--port", str(REDIS_PORT), "--bind", HOST]
             redis_cmd += ["--save", "", "--appendonly", "no", "--dir", str(workdir)]
-            commands["redis"] = shlex.join([*server_prefix, *redis_cmd])
+            served.commands["redis"] = shlex.join([*server_prefix, *redis_cmd])
             procs.start("redis", redis_cmd)
             wait_port(REDIS_PORT, args.ready_timeout)
         for t in to_start:
             cmd, extra_logs = launch_command(t, scenario, args, shared, workdir)
-            commands[t.name] = shlex.join([*server_prefix, *cmd])
-            proc = procs.start(t.name, cmd, extra_logs)
+            served.commands[t.name] = shlex.join([*server_prefix, *cmd])
+            env = {"PYGATEWAY_ADMIN_KEY": ADMIN_KEY} if t.admin_port else None
+            proc = procs.start(t.name, cmd, extra_logs, env)
+            if t.admin_port:
+                seed_store(t, CONFIG_DIR / (t.routes or scenario.routes), args.ready_timeout)
             wait_ready(proc, t, scenario, args.ready_timeout)
-
-        def load(t: Target, duration: int) -> dict[str, Any]:
-            return run_wrk(
-                t.port, scenario.path, duration, args.connections, args.threads, wrk_prefix
-            )
-
-        if args.warmup:
-            for t in targets:
-                log(f"warm-up {t.name} ({args.warmup}s, discarded)")
-                load(t, args.warmup)
-        for i in range(1, args.rounds + 1):
-            for t in targets:
-                res = load(t, args.duration)
-                res.update(target=t.name, round=i)
-                rounds.append(res)
-                flag = f"  ERRORS: {res['errors']}" if res["errors"] else ""
-                log(
-                    f"round {i}/{args.rounds} {t.name}: {res['rps']:,.0f} req/s "
-                    f"p50 {_fmt_ms(res['p50_ms'])} p99 {_fmt_ms(res['p99_ms'])}{flag}"
-                )
-        # Server-side health after the load: still up and still serving the right body?
+        yield served
+        # Server-side health after the load: still up?
         for proc in procs.procs:
             if proc.popen.poll() is not None:
                 raise BenchError(f"{proc.name} died during the run\n{proc.tail()}")
@@ -749,6 +805,56 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             log(f"logs kept in {workdir}")
+
+
+def warm_up(
+    targets: Sequence[Target], path: str, args: argparse.Namespace, prefix: list[str]
+) -> None:
+    """One discarded wrk run per target (`--warmup` seconds; none if 0)."""
+    if not args.warmup:
+        return
+    for t in targets:
+        log(f"warm-up {t.name} ({args.warmup}s, discarded)")
+        run_wrk(t.port, path, args.warmup, args.connections, args.threads, prefix)
+
+
+def closed_loop_rounds(
+    targets: Sequence[Target], path: str, args: argparse.Namespace, prefix: list[str]
+) -> list[dict[str, Any]]:
+    """`--rounds` interleaved wrk rounds (A B C A B C ...): every raw round, tagged."""
+    rounds: list[dict[str, Any]] = []
+    for i in range(1, args.rounds + 1):
+        for t in targets:
+            res = run_wrk(t.port, path, args.duration, args.connections, args.threads, prefix)
+            res.update(target=t.name, round=i)
+            rounds.append(res)
+            flag = f"  ERRORS: {res['errors']}" if res["errors"] else ""
+            log(
+                f"round {i}/{args.rounds} {t.name}: {res['rps']:,.0f} req/s "
+                f"p50 {fmt_ms(res['p50_ms'])} p99 {fmt_ms(res['p99_ms'])}{flag}"
+            )
+    return rounds
+
+
+def write_json(report: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nraw rounds: {out}")
+
+
+def run(args: argparse.Namespace) -> int:
+    scenario = SCENARIOS[args.scenario]
+    targets = select_targets(args, scenario)
+    shared = shared_bench_dir()
+    check_tools(targets, args.pin, args.install)
+    wrk_prefix, server_prefix, pin_note = pin_prefixes(args.pin)
+
+    machine = machine_info()
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    with serving(scenario, targets, args, shared, server_prefix) as served:
+        warm_up(targets, scenario.path, args, wrk_prefix)
+        rounds = closed_loop_rounds(targets, scenario.path, args, wrk_prefix)
+    commands = served.commands
 
     summary = summarize([t.name for t in targets], rounds, scenario.reference)
     table = render_table(summary, scenario.reference)
@@ -762,8 +868,6 @@ def run(args: argparse.Namespace) -> int:
             "(flagged above); their figures are not comparable."
         )
 
-    out = args.output or RESULTS_DIR / f"{scenario.name}-{stamp}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "scenario": scenario.name,
         "description": scenario.description,
@@ -790,8 +894,7 @@ def run(args: argparse.Namespace) -> int:
         "machine_line": mline,
         "rounds": rounds,
     }
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nraw rounds: {out}")
+    write_json(report, args.output or RESULTS_DIR / f"{scenario.name}-{stamp}.json")
     return 0
 
 

@@ -1,0 +1,267 @@
+#!/usr/bin/env python3
+"""Route churn: does changing routes through the Admin API disturb the traffic being served?
+
+    python benches/churn.py [--duration 8] [--rounds 3] [--interval 0.1]
+
+Starts the origin and the native gateway with the Admin API on (embedded store in the run's
+temporary folder, config seeded from benches/config/proxy.yaml through the Admin API), then
+loads the served route with wrk in interleaved rounds of three runs:
+
+- `steady`: no writes;
+- `churn-other`: a side thread PUTs another route (a new `uri` each time) every `--interval`;
+- `churn-served`: it PUTs the served route itself with a changed field (`desc`).
+
+Reports each run's median req/s, p50, p99 and errors, the p99 ratio to `steady` and the
+target: p99 within 20% of steady, zero errors (wrk's and the Admin API's). Raw rounds go to
+`benches/results/route-churn-<timestamp>.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import bench
+from bench import BenchError, Scenario, Target, log
+
+SCENARIO = Scenario(
+    name="route-churn",
+    description="one catch-all route to the origin, served while the Admin API changes routes",
+    targets=("pygw-admin",),
+    reference="steady",
+    routes="proxy.yaml",
+)
+GATEWAY = Target(
+    "pygw-admin",
+    bench.GATEWAY_PORT + 5,
+    "gateway",
+    description="pygateway native, Admin API on, embedded store (config written through it)",
+    admin_port=bench.GATEWAY_PORT + 95,
+)
+SERVED_ROUTE_ID = "bench-proxy"  # the id in proxy.yaml
+P99_TOLERANCE = 0.20
+
+
+def served_route(k: int) -> dict[str, Any]:
+    """proxy.yaml's route, with a field that changes at every write."""
+    return {
+        "uri": "/*",
+        "desc": f"churn write {k}",
+        "upstream": {"type": "roundrobin", "nodes": {f"{bench.HOST}:{bench.ORIGIN_PORT}": 1}},
+    }
+
+
+def other_route(k: int) -> dict[str, Any]:
+    """A route beside the served one, its uri changing at every write."""
+    return {
+        "uri": f"/churn/{k}",
+        "upstream": {"type": "roundrobin", "nodes": {f"{bench.HOST}:{bench.ORIGIN_PORT}": 1}},
+    }
+
+
+CHANGES: dict[str, tuple[str, Callable[[int], dict[str, Any]]] | None] = {
+    "steady": None,
+    "churn-other": ("churn-other", other_route),
+    "churn-served": (SERVED_ROUTE_ID, served_route),
+}
+
+
+class Churner:
+    """PUTs `body(k)` to routes/`route_id` every `interval` seconds on a thread, on a fixed
+    schedule (a slow write does not push the next ones back), until stopped."""
+
+    def __init__(
+        self, route_id: str, body: Callable[[int], dict[str, Any]], interval: float
+    ) -> None:
+        self.route_id, self.body, self.interval = route_id, body, interval
+        self.stop_event = threading.Event()
+        self.latencies_ms: list[float] = []
+        self.failures: list[str] = []
+        self.thread = threading.Thread(target=self._run, name="churn", daemon=True)
+
+    def _run(self) -> None:
+        start, k = time.monotonic(), 0
+        while not self.stop_event.wait(max(0.0, start + k * self.interval - time.monotonic())):
+            t0 = time.perf_counter()
+            try:
+                status, body = bench.admin_request(
+                    GATEWAY.admin_port, "PUT", f"routes/{self.route_id}", self.body(k)
+                )
+            except OSError as e:
+                self.failures.append(f"PUT {k}: {type(e).__name__}: {e}")
+            else:
+                if status not in (200, 201):
+                    self.failures.append(f"PUT {k}: {status} {body[:200]!r}")
+            self.latencies_ms.append((time.perf_counter() - t0) * 1e3)
+            k += 1
+
+    def __enter__(self) -> Churner:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=10)
+
+
+def load(
+    run_name: str, args: argparse.Namespace, prefix: list[str], duration: int
+) -> dict[str, Any]:
+    """One wrk run on the gateway, with the writes of `run_name` going on meanwhile."""
+    change = CHANGES[run_name]
+
+    def wrk() -> dict[str, Any]:
+        return bench.run_wrk(
+            GATEWAY.port, SCENARIO.path, duration, args.connections, args.threads, prefix
+        )
+
+    if change is None:
+        return {**wrk(), "puts": 0, "put_failures": [], "put_ms_p50": None, "put_ms_max": None}
+    route_id, body = change
+    with Churner(route_id, body, args.interval) as churner:
+        res = wrk()
+    lat = churner.latencies_ms
+    return {
+        **res,
+        "puts": len(lat),
+        "put_failures": churner.failures,
+        "put_ms_p50": round(statistics.median(lat), 3) if lat else None,
+        "put_ms_max": round(max(lat), 3) if lat else None,
+    }
+
+
+def summarize(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    summary = bench.summarize(list(CHANGES), rounds, "steady")
+    for name, s in summary.items():
+        rs = [r for r in rounds if r["target"] == name]
+        s["puts"] = sum(r["puts"] for r in rs)
+        s["put_failures"] = sum(len(r["put_failures"]) for r in rs)
+        s["put_ms_p50_max"] = max((r["put_ms_p50"] or 0.0) for r in rs)
+        s["put_ms_max"] = max((r["put_ms_max"] or 0.0) for r in rs)
+        p99 = s["p99_vs_reference"]
+        s["met"] = (
+            s["errors"] == 0
+            and s["put_failures"] == 0
+            and (p99 is not None and p99 <= 1 + P99_TOLERANCE)
+        )
+    return summary
+
+
+def render_table(summary: dict[str, dict[str, Any]]) -> str:
+    fmt = bench.fmt_ms
+    lines = [
+        "| run | req/s | p50 | p99 | wrk errors | PUTs (failed) | PUT p50 / max "
+        "| p99 vs steady | target met |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for name, s in summary.items():
+        puts = f"{s['puts']} ({s['put_failures']})" if s["puts"] else "-"
+        put_ms = f"{s['put_ms_p50_max']:.1f} / {s['put_ms_max']:.1f} ms" if s["puts"] else "-"
+        met = "" if name == "steady" else ("yes" if s["met"] else "**NO**")
+        lines.append(
+            f"| {name} | {s['rps_median']:,.0f} | {fmt(s['p50_ms_median'])} "
+            f"| {fmt(s['p99_ms_median'])} | {s['errors']} | {puts} | {put_ms} "
+            f"| {s['p99_vs_reference']:.2f}x | {met} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="wrk on the native gateway while the Admin API changes routes, against "
+        "the same load without changes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
+    p.add_argument("--connections", type=int, default=50)
+    p.add_argument("--threads", type=int, default=1, help="wrk threads")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the three runs")
+    p.add_argument("--warmup", type=int, default=2, help="seconds of discarded warm-up (0: none)")
+    p.add_argument("--workers", type=int, default=1, help="pygateway --workers")
+    p.add_argument("--interval", type=float, default=0.1, help="seconds between two PUTs")
+    p.add_argument("--ready-timeout", type=float, default=20.0)
+    p.add_argument("--pin", action="store_true", help="taskset: wrk on CPU 0, servers on others")
+    p.add_argument("--install", action="store_true", help="apt-get install nginx/wrk if missing")
+    p.add_argument("--output", type=Path, default=None, help="JSON path")
+    args = p.parse_args(argv)
+    for flag in ("duration", "connections", "threads", "rounds", "workers"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag} must be >= 1")
+    if args.warmup < 0 or args.interval <= 0:
+        p.error("--warmup must be >= 0 and --interval > 0")
+    args.gateway_cmd = bench.DEFAULT_GATEWAY_CMD  # unused: admin gateways have their own
+    return args
+
+
+def run(args: argparse.Namespace) -> int:
+    shared = bench.shared_bench_dir()
+    bench.check_tools([GATEWAY], args.pin, args.install)
+    wrk_prefix, server_prefix, pin_note = bench.pin_prefixes(args.pin)
+    machine = bench.machine_info()
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    rounds: list[dict[str, Any]] = []
+    with bench.serving(SCENARIO, [GATEWAY], args, shared, server_prefix) as served:
+        bench.warm_up([GATEWAY], SCENARIO.path, args, wrk_prefix)
+        for i in range(1, args.rounds + 1):
+            for name in CHANGES:
+                res = load(name, args, wrk_prefix, args.duration)
+                res.update(target=name, round=i)
+                rounds.append(res)
+                log(
+                    f"round {i}/{args.rounds} {name}: {res['rps']:,.0f} req/s "
+                    f"p99 {bench.fmt_ms(res['p99_ms'])} errors {res['errors']} "
+                    f"PUTs {res['puts']} (failed {len(res['put_failures'])})"
+                )
+        # The last write of the served route must be what the store holds now.
+        status, body = bench.admin_request(GATEWAY.admin_port, "GET", f"routes/{SERVED_ROUTE_ID}")
+        if status != 200 or b"churn write" not in body:
+            raise BenchError(f"the served route was not updated: {status} {body[:300]!r}")
+
+    summary = summarize(rounds)
+    table = render_table(summary)
+    mline = bench.machine_line(machine, args, pin_note) + f"; one PUT every {args.interval:g}s"
+    print(f"\n### Route churn: {SCENARIO.description}\n\n{table}\n")
+    print(
+        f"Target: p99 within {P99_TOLERANCE:.0%} of steady and zero errors while a route is "
+        f"written every {args.interval * 1000:g} ms.\n\n{mline}"
+    )
+    bench.write_json(
+        {
+            "scenario": SCENARIO.name,
+            "description": SCENARIO.description,
+            "timestamp": stamp,
+            "machine": machine,
+            "machine_line": mline,
+            "params": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "gateway_command": served.commands.get(GATEWAY.name),
+            "summary": summary,
+            "table_markdown": table,
+            "rounds": rounds,
+        },
+        args.output or bench.RESULTS_DIR / f"route-churn-{stamp}.json",
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        with bench.handle_signals():
+            return run(args)
+    except BenchError as e:
+        log(f"error: {e}")
+        return 1
+    except KeyboardInterrupt:
+        log("interrupted; every process started was stopped")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
