@@ -206,6 +206,28 @@ def test_validate_ok_and_every_error_listed(tmp_path):
     assert "routes[id=r2]" in r.stderr, r.stderr
 
 
+def test_validate_knows_the_nodes_plugins(tmp_path):
+    routes = tmp_path / "apisix.yaml"
+    routes.write_text(
+        "routes:\n  - uri: /a\n    plugins:\n      limit-count: {count: 1, time_window: 60}\n"
+        "      mine: {}\n    upstream: {nodes: {'127.0.0.1:1': 1}}\n#END\n"
+    )
+    r = pygateway("validate", str(routes))
+    assert r.returncode == 1
+    assert "unknown plugin" in r.stderr and "mine" in r.stderr, r.stderr
+    assert "limit-count" not in r.stderr, "built-in plugins are known"
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "mine.py").write_text(
+        "from pygateway.plugin import Plugin\n\n\nclass Mine(Plugin):\n"
+        "    name = 'mine'\n    priority = 1\n"
+    )
+    node = tmp_path / "node.yaml"
+    node.write_text(f"plugin_paths: [{plugins}]\n")
+    r = pygateway("validate", "--config", str(node), str(routes))
+    assert r.returncode == 0, r.stderr
+
+
 def test_malformed_flood_does_not_kill_workers(cli, origin, tmp_path):
     routes = tmp_path / "apisix.yaml"
     routes.write_text(ROUTES.format(addr=origin.addr))

@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
 
     val = sub.add_parser("validate", help="check APISIX standalone files; list every error")
     val.add_argument("files", nargs="+", metavar="FILE.yaml")
+    val.add_argument(
+        "--config", metavar="NODE.yaml", help="node config (its plugin_paths and plugins list)"
+    )
     return p
 
 
@@ -118,10 +121,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from .plugin import PluginRegistry, RegistryCatalog
+
+    node = load_node_config(args.config) if args.config else NodeConfig()
+    # The plugins this node would know: built-ins, entry points and its plugin_paths.
+    catalog = RegistryCatalog(PluginRegistry(node.plugin_paths, builtins=True, entry_points=True))
     failed = 0
     for path in args.files:
         try:
-            cfg = load_standalone(path)
+            cfg = load_standalone(path, catalog=catalog)
         except ConfigError as err:
             failed += 1
             print(f"{path}: invalid, {len(err.errors)} error(s)", file=sys.stderr)
