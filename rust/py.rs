@@ -305,7 +305,7 @@ impl PyJob {
             .unwrap_or_default()
     }
     /// Request phases: continue to the upstream with these changes.
-    #[pyo3(signature = (set_headers = Vec::new(), remove_headers = Vec::new(), uri = None, method = None, host = None, debug = None, consumer = None))]
+    #[pyo3(signature = (set_headers = Vec::new(), remove_headers = Vec::new(), uri = None, method = None, host = None, debug = None, consumer = None, limits = None))]
     #[allow(clippy::too_many_arguments)]
     fn proceed(
         &self,
@@ -316,6 +316,7 @@ impl PyJob {
         host: Option<String>,
         debug: Option<String>,
         consumer: Option<String>,
+        limits: Option<String>,
     ) -> PyResult<()> {
         self.complete(Outcome::Continue(Changes {
             set_headers,
@@ -325,6 +326,7 @@ impl PyJob {
             host,
             debug,
             consumer,
+            limits,
         }))
     }
     /// Request phases: answer the client now.

@@ -221,6 +221,23 @@ def test_consumer_name_key_after_key_auth(gateway: Make, origin: Origin) -> None
     assert sent == [200, 503, 200]
 
 
+def test_consumer_limit_replaces_the_routes(gateway: Make, origin: Origin) -> None:
+    plugins = {"key-auth": {}, **lc(count=100)}
+    config = {
+        "routes": [route("/a", origin.addr, plugins=plugins)],
+        "consumers": [
+            {"username": "jack", "plugins": {"key-auth": {"key": "k1"}, **lc(count=1)}},
+            {"username": "jill", "plugins": {"key-auth": {"key": "k2"}}},
+        ],
+    }
+    gw = gateway(config)
+    jack = [request(gw.url, "/a", headers={"apikey": "k1"}) for _ in range(2)]
+    assert [r.status for r in jack] == [200, 503]
+    assert jack[0].headers["x-ratelimit-limit"] == "1"
+    jill = request(gw.url, "/a", headers={"apikey": "k2"})
+    assert jill.status == 200 and jill.headers["x-ratelimit-limit"] == "100"
+
+
 def test_rotating_forwarded_for_does_not_bypass(gateway: Make, origin: Origin) -> None:
     gw = gateway({"routes": [route("/a", origin.addr, plugins=lc(count=2))]})
     sent = [

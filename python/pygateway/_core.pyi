@@ -96,6 +96,7 @@ class Job:
         host: str | None = None,
         debug: str | None = None,
         consumer: str | None = None,
+        limits: str | None = None,
     ) -> None:
         """Request phases: go on to the upstream with these changes."""
     def respond(

@@ -27,6 +27,7 @@ from .config.compile import CompileCache, change_set_json, is_empty
 from .config.node import AdminSettings, admin_settings
 from .pipeline import Pipeline
 from .plugin import PHASES, Plugin, PluginError, PluginRegistry, RegistryCatalog
+from .plugins._limit import limiter_specs
 from .runner import PluginRunner, PluginView
 from .store.base import Change, Store
 from .store.build import ConfigBuilder
@@ -404,39 +405,28 @@ class Gateway:
         """The native limiters of a route: global rules' first, then the route's, each in
         priority order, with the object owning its counters. ``groups`` collects the
         limit-count confs by ``group``: members of a group must agree (APISIX)."""
-        enabled = self.node.plugins
-        found: list[dict[str, Any]] = []
         owners = [
             (f"global_rules/{i.id}", i.conf.get("plugins") or {})
             for i in config.global_rules.values()
         ]
         owners.append((f"routes/{route['id']}", route.get("plugins") or {}))
+        found: list[dict[str, Any]] = []
         for owner, plugins in owners:
-            specs = []
-            for name, conf in plugins.items():
-                plugin = self.plugins.get(name)
-                if plugin is None or not plugin.native or not isinstance(conf, dict):
+            specs = limiter_specs(self.plugins, self.node.plugins, owner, plugins)
+            for spec in specs:
+                group = spec["conf"].get("group") if spec["name"] == "limit-count" else None
+                if not group:
                     continue
-                if enabled is not None and name not in enabled:
-                    continue
-                meta = conf.get("_meta") or {}
-                if meta.get("disable") is True:
-                    continue
-                group = conf.get("group") if name == "limit-count" else None
-                if group:
-                    bare = {k: v for k, v in conf.items() if k != "_meta"}
-                    if groups.setdefault(group, bare) != bare:
-                        msg = (
-                            "failed to check the configuration of plugin limit-count "
-                            "err: group conf mismatched"
-                        )
-                        resource, _, ident = owner.partition("/")
-                        issue = ConfigIssue(resource, ident, "plugins.limit-count.group", msg)
-                        raise ConfigError([issue])
-                priority = meta.get("priority", plugin.priority)
-                spec = {"name": name, "owner": owner, "conf": conf, "filter": meta.get("filter")}
-                specs.append((-priority, spec))
-            found += [spec for _, spec in sorted(specs, key=lambda s: s[0])]
+                bare = {k: v for k, v in spec["conf"].items() if k != "_meta"}
+                if groups.setdefault(group, bare) != bare:
+                    msg = (
+                        "failed to check the configuration of plugin limit-count "
+                        "err: group conf mismatched"
+                    )
+                    resource, _, ident = owner.partition("/")
+                    issue = ConfigIssue(resource, ident, "plugins.limit-count.group", msg)
+                    raise ConfigError([issue])
+            found += specs
         return found
 
     def _publish(self, config: Config, force: bool = False) -> None:

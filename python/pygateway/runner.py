@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import json
 import logging
 import threading
 import time
@@ -30,6 +31,7 @@ from .ctx import (
     parse_args,
 )
 from .pipeline import REQUEST_PHASES, Execution, Pipeline, Plan, PluginResponse
+from .plugins._limit import limiter_specs
 
 log = logging.getLogger("pygateway.runner")
 PLUGIN_LOG = logging.getLogger("pygateway.plugins")
@@ -220,6 +222,7 @@ class PluginRunner:
         self._tasks: set[asyncio.Future[None]] = set()
         self._shapes: dict[Plan, _Shape] = {}
         self._plans: dict[str, tuple[Any, Any, tuple[int, int], Plan]] = {}
+        self._consumer_specs: dict[tuple[int, int], tuple[Any, Any, str | None]] = {}
 
     def start(self) -> None:
         self._running = True
@@ -432,7 +435,36 @@ class PluginRunner:
             ch.host,
             self._debug(run),
             ctx.consumer_name,
+            self._consumer_limits(ctx) if ctx.consumer is not None else None,
         )
+
+    def _consumer_limits(self, ctx: SimpleCtx) -> str | None:
+        """The consumer's (and its group's) native limiter confs as the data plane takes
+        them, or None; made once per consumer object."""
+        consumer = ctx.consumer
+        group_id = ctx.consumer_group_id or (consumer or {}).get("group_id")
+        group = self.pipeline.consumer_groups.get(group_id) if group_id else None
+        key = (id(consumer), id(group))
+        known = self._consumer_specs.get(key)
+        if known is not None and known[0] is consumer and known[1] is group:
+            return known[2]
+        registry, enabled = self.pipeline.registry, self.pipeline.enabled
+        merged = {}
+        if group is not None:
+            for spec in limiter_specs(
+                registry, enabled, f"consumer_groups/{group_id}", group.get("plugins") or {}
+            ):
+                merged[spec["name"]] = spec
+        name = (consumer or {}).get("username")
+        for spec in limiter_specs(
+            registry, enabled, f"consumers/{name}", (consumer or {}).get("plugins") or {}
+        ):
+            merged[spec["name"]] = spec
+        text = json.dumps(list(merged.values()), sort_keys=True) if merged else None
+        if len(self._consumer_specs) > 4096:
+            self._consumer_specs.clear()
+        self._consumer_specs[key] = (consumer, group, text)
+        return text
 
     def _send_head(self, job: _core.Job, run: Execution) -> None:
         ctx = run.ctx

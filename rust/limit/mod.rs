@@ -503,6 +503,15 @@ fn reject(code: u16, msg: Option<String>) -> Result<Reject, String> {
 }
 
 impl Limiter {
+    /// The plugin name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Limiter::Conn(_) => "limit-conn",
+            Limiter::Count(_) => "limit-count",
+            Limiter::Req(_) => "limit-req",
+        }
+    }
+
     /// Compiles one spec; errors name the plugin and field.
     pub fn build(spec: &LimiterSpec) -> Result<Limiter, String> {
         let fail = |e: String| format!("plugin {} of {}: {e}", spec.name, spec.owner);
@@ -607,6 +616,24 @@ impl Limits {
             })
             .collect::<Result<_, String>>()?;
         Ok(Some(Arc::new(Limits { steps })))
+    }
+
+    /// The limiters of a request whose consumer configures some: the consumer's conf of a
+    /// plugin replaces the route's (APISIX merge: consumer over route), the others stay;
+    /// the result is in priority order.
+    pub fn overlay(route: Option<&Limits>, consumer: &Limits) -> Limits {
+        let mut steps: Vec<(Limiter, Option<Expr>)> = route
+            .map(|r| {
+                r.steps
+                    .iter()
+                    .filter(|(l, _)| !consumer.steps.iter().any(|(c, _)| c.name() == l.name()))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        steps.extend(consumer.steps.iter().cloned());
+        steps.sort_by_key(|(l, _)| NAMES.iter().position(|n| *n == l.name()));
+        Limits { steps }
     }
 
     /// Reads every key and amount from the request.
@@ -1098,6 +1125,45 @@ mod tests {
         assert!(run(&limits, &v, &store).is_err());
         drop(held);
         assert!(run(&limits, &v, &store).is_ok());
+    }
+
+    #[test]
+    fn consumer_confs_replace_the_routes_same_plugin() {
+        let route = Limits::build(&[
+            spec(
+                "limit-conn",
+                "routes/1",
+                json!({"conn": 5, "burst": 0, "default_conn_delay": 0.1, "key": "remote_addr"}),
+            ),
+            spec(
+                "limit-count",
+                "routes/1",
+                json!({"count": 100, "time_window": 60}),
+            ),
+        ])
+        .unwrap()
+        .unwrap();
+        let consumer = Limits::build(&[spec(
+            "limit-count",
+            "consumers/jack",
+            json!({"count": 1, "time_window": 60}),
+        )])
+        .unwrap()
+        .unwrap();
+        let both = Limits::overlay(Some(&route), &consumer);
+        let names: Vec<_> = both.steps.iter().map(|(l, _)| l.name()).collect();
+        assert_eq!(names, ["limit-conn", "limit-count"]);
+        let store = Arc::new(LocalStore::default());
+        let v = vars(&[("remote_addr", "1.1.1.1")]);
+        let ok = run(&both, &v, &store).unwrap();
+        assert!(ok
+            .headers
+            .iter()
+            .any(|(k, v)| k == "x-ratelimit-limit" && v == "1"));
+        assert!(
+            run(&both, &v, &store).is_err(),
+            "the consumer's count applies"
+        );
     }
 
     #[test]

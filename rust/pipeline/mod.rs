@@ -95,6 +95,8 @@ pub struct Changes {
     pub debug: Option<String>,
     /// The authenticated consumer (`consumer_name`), for the native limiters' keys.
     pub consumer: Option<String>,
+    /// Native limiters the consumer (or its group) configures: JSON list of limiter specs.
+    pub limits: Option<String>,
 }
 
 /// What a crossing decided.

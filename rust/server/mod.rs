@@ -7,6 +7,7 @@ pub mod plugins;
 pub mod proxy;
 pub mod request;
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::ChangeSet;
 use crate::limit::local::LocalStore;
-use crate::limit::{HeaderNames, Limits};
+use crate::limit::{HeaderNames, LimiterSpec, Limits};
 use crate::pipeline::Bridge;
 use crate::router::ipmatch::IpMatcher;
 use crate::router::{PathMode, RouteSpec, Router};
@@ -65,6 +66,26 @@ pub struct State {
     pub limit_store: Arc<LocalStore>,
     /// limit-count's header names (`plugin_metadata/limit-count`).
     pub limit_headers: ArcSwap<HeaderNames>,
+    /// Compiled consumer limiter confs, by their JSON text.
+    consumer_limits: Mutex<HashMap<String, Arc<Limits>>>,
+}
+
+impl State {
+    /// The compiled limiters of a consumer's JSON spec list (compiled once, then shared).
+    pub fn consumer_limits(&self, specs: &str) -> Result<Arc<Limits>, String> {
+        if let Some(l) = self.consumer_limits.lock().get(specs) {
+            return Ok(l.clone());
+        }
+        let parsed: Vec<LimiterSpec> =
+            serde_json::from_str(specs).map_err(|e| format!("bad limiter specs: {e}"))?;
+        let limits = Limits::build(&parsed)?.unwrap_or_default();
+        let mut cache = self.consumer_limits.lock();
+        if cache.len() >= 4096 {
+            cache.clear();
+        }
+        cache.insert(specs.to_owned(), limits.clone());
+        Ok(limits)
+    }
 }
 
 struct Running {
@@ -116,6 +137,7 @@ impl Gateway {
                 debug: settings.debug,
                 limit_store: Arc::new(LocalStore::default()),
                 limit_headers: ArcSwap::from_pointee(HeaderNames::default()),
+                consumer_limits: Mutex::new(HashMap::new()),
             }),
             settings,
             running: Mutex::new(None),

@@ -160,13 +160,32 @@ pub async fn handle(
         }
     }
     let mut admitted = None;
+    let mut applied = false;
     if answered.is_none() {
-        // The limiters run after the request plugins (authentication sets the consumer).
-        let resolved = match (limits, &routed.route.limits) {
+        // The limiters run after the request plugins (authentication sets the consumer,
+        // whose own limiter confs replace the route's).
+        let effective = match changes.as_ref().and_then(|c| c.limits.as_deref()) {
+            Some(specs) => match state.consumer_limits(specs) {
+                Ok(c) => Some(Arc::new(Limits::overlay(
+                    routed.route.limits.as_deref(),
+                    &c,
+                ))),
+                Err(e) => {
+                    log::error!("consumer limiters: {e}");
+                    return Ok(json_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal error",
+                    ));
+                }
+            },
+            None => routed.route.limits.clone(),
+        };
+        let resolved = match (limits, &effective) {
             (Some(r), _) => Some(r),
             (None, Some(l)) => {
                 if let Some(c) = &changes {
                     plugins::apply(&mut parts, c);
+                    applied = true;
                 }
                 match RequestView::new(&parts, conn.peer, conn.local, &state.trusted) {
                     Ok(view) => {
@@ -192,7 +211,7 @@ pub async fn handle(
         Some(resp) => resp,
         None => {
             if let Some(c) = &changes {
-                if routed.route.limits.is_none() {
+                if !applied {
                     plugins::apply(&mut parts, c);
                 }
             }

@@ -14,10 +14,14 @@ import math
 import re
 import threading
 import time
+from collections.abc import Collection, Mapping
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pygateway.ctx import Ctx
+
+if TYPE_CHECKING:
+    from pygateway.plugin import PluginRegistry
 
 from ._redis import Target
 
@@ -55,6 +59,30 @@ COMMON_PROPERTIES: dict[str, Any] = {
     "allow_degradation": {"type": "boolean", "default": False},
     **REDIS_PROPERTIES,
 }
+
+
+def limiter_specs(
+    registry: PluginRegistry,
+    enabled: Collection[str] | None,
+    owner: str,
+    plugins: Mapping[str, Any],
+) -> list[dict[str, Any]]:
+    """What the native data plane runs of ``owner``'s plugins: its enabled, not disabled
+    limiters, in priority order, as ``{name, owner, conf, filter}`` (rust/limit ``LimiterSpec``)."""
+    specs = []
+    for name, conf in plugins.items():
+        plugin = registry.get(name)
+        if plugin is None or not plugin.native or not isinstance(conf, dict):
+            continue
+        if enabled is not None and name not in enabled:
+            continue
+        meta = conf.get("_meta") or {}
+        if meta.get("disable") is True:
+            continue
+        priority = meta.get("priority", plugin.priority)
+        spec = {"name": name, "owner": owner, "conf": conf, "filter": meta.get("filter")}
+        specs.append((-priority, spec))
+    return [spec for _, spec in sorted(specs, key=lambda s: s[0])]
 
 
 def check_policy(conf: dict[str, Any]) -> str | None:
