@@ -448,6 +448,9 @@ class Gateway:
                 consumers=[dict(i.conf) for i in config.consumers.values()],
                 plugin_metadata={k: dict(i.conf) for k, i in config.plugin_metadata.items()},
             )
+            self._pipeline.consumer_groups = {
+                k: dict(i.conf) for k, i in config.consumer_groups.items()
+            }
             if self._runner is not None:
                 self._runner.view = view
             elif self._plane is not None:  # the python engine
