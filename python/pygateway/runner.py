@@ -44,6 +44,7 @@ STALE_AFTER = 300.0
 
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 _NO_ROUTE: Mapping[str, Any] = {}
+_NO_CHANGES = UpstreamChanges()
 
 
 def upstream_target(changes: UpstreamChanges, request_uri: str) -> str | None:
@@ -82,19 +83,19 @@ class NativeCtx(SimpleCtx):
     those ``SimpleCtx.__init__`` sets; once made they are plain attributes.
     """
 
+    # Defaults read from the class until a phase sets them on the instance.
+    consumer: dict[str, Any] | None = None
+    consumer_name: str | None = None
+    consumer_group_id: str | None = None
+    plugin_name = ""
+    plugin_global = False
+    log: logging.Logger = PLUGIN_LOG
+
     def __init__(self, job: _core.Job, route: Mapping[str, Any], view: PluginView) -> None:
         # SimpleCtx.__init__ is not called: __getattr__ makes its attributes on demand.
         self._job = job
         self._route = route
         self._view = view
-        self.state: dict[str, Any] = {}
-        self.consumer: dict[str, Any] | None = None
-        self.consumer_name: str | None = None
-        self.consumer_group_id: str | None = None
-        self.changes = UpstreamChanges()
-        self.plugin_name = ""
-        self.plugin_global = False
-        self.log: logging.Logger = PLUGIN_LOG
 
     def _read_body(self) -> bytes:
         """The client body from the data plane (buffered there, then also sent upstream)."""
@@ -143,7 +144,11 @@ class NativeCtx(SimpleCtx):
         if job is None:  # not made by __init__ (copy, pickle): nothing to fill from
             raise AttributeError(name)
         value: Any
-        if name == "_headers":
+        if name == "changes":
+            value = UpstreamChanges()
+        elif name == "state":
+            value = {}
+        elif name == "_headers":
             value = self._fetch_headers(job)
         elif name == "_method":
             value = job.method
@@ -424,7 +429,7 @@ class PluginRunner:
             return
         ctx = run.ctx
         assert isinstance(ctx, SimpleCtx)
-        ch = ctx.changes
+        ch = ctx.__dict__.get("changes") or _NO_CHANGES
         removed = ch.removed_headers
         rewritten = ch.upstream_uri is not None or ch.uri is not None or ch.query is not None
         job.proceed(
