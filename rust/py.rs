@@ -180,10 +180,16 @@ impl PyJob {
 
 #[pymethods]
 impl PyJob {
-    /// "request", "header_filter" or "log".
+    /// "request", "request_late", "header_filter", "body_filter" or "log".
     #[getter]
     fn phase(&self) -> &'static str {
         self.phase.name()
+    }
+    /// A `request_late` job that only says the late crossing will not happen (a limiter
+    /// refused the request): forget the request's plugin run, answer nothing.
+    #[getter]
+    fn cancelled(&self) -> bool {
+        self.phase == Phase::Late && self.reply.lock().is_none()
     }
     #[getter]
     fn request_id(&self) -> u64 {
@@ -305,7 +311,7 @@ impl PyJob {
             .unwrap_or_default()
     }
     /// Request phases: continue to the upstream with these changes.
-    #[pyo3(signature = (set_headers = Vec::new(), remove_headers = Vec::new(), uri = None, method = None, host = None, debug = None, consumer = None, limits = None))]
+    #[pyo3(signature = (set_headers = Vec::new(), remove_headers = Vec::new(), uri = None, method = None, host = None, debug = None, consumer = None, limits = None, again = false))]
     #[allow(clippy::too_many_arguments)]
     fn proceed(
         &self,
@@ -317,6 +323,7 @@ impl PyJob {
         debug: Option<String>,
         consumer: Option<String>,
         limits: Option<String>,
+        again: bool,
     ) -> PyResult<()> {
         self.complete(Outcome::Continue(Changes {
             set_headers,
@@ -327,6 +334,7 @@ impl PyJob {
             debug,
             consumer,
             limits,
+            again,
         }))
     }
     /// Request phases: answer the client now.

@@ -15,6 +15,7 @@ import redis_server
 from conftest import request, route
 from origin import Origin
 from pygateway import Gateway
+from pygateway.plugin import Plugin
 
 needs_redis = pytest.mark.skipif(not redis_server.available(), reason="redis-server missing")
 
@@ -236,6 +237,68 @@ def test_consumer_limit_replaces_the_routes(gateway: Make, origin: Origin) -> No
     assert jack[0].headers["x-ratelimit-limit"] == "1"
     jill = request(gw.url, "/a", headers={"apikey": "k2"})
     assert jill.status == 200 and jill.headers["x-ratelimit-limit"] == "100"
+
+
+def test_consumer_group_limit(gateway: Make, origin: Origin) -> None:
+    config = {
+        "routes": [route("/a", origin.addr, plugins={"key-auth": {}})],
+        "consumer_groups": [{"id": "bronze", "plugins": lc(count=1)}],
+        "consumers": [
+            {"username": "jack", "group_id": "bronze", "plugins": {"key-auth": {"key": "k1"}}},
+            {"username": "jill", "plugins": {"key-auth": {"key": "k2"}}},
+        ],
+    }
+    gw = gateway(config)
+    assert [request(gw.url, "/a", headers={"apikey": "k1"}).status for _ in range(2)] == [200, 503]
+    assert [request(gw.url, "/a", headers={"apikey": "k2"}).status for _ in range(2)] == [200, 200]
+
+
+SEEN: list[str] = []
+
+
+class _Above(Plugin):
+    name = "test-above-limits"
+    priority = 2000
+
+    def access(self, conf: dict[str, Any], ctx: Any) -> None:
+        SEEN.append("above")
+
+
+class _Below(Plugin):
+    name = "test-below-limits"
+    priority = 10
+
+    def access(self, conf: dict[str, Any], ctx: Any) -> None:
+        SEEN.append("below")
+        ctx.set_header("X-Below", "1")
+
+    def before_proxy(self, conf: dict[str, Any], ctx: Any) -> None:
+        SEEN.append("before_proxy")
+
+
+def test_python_plugins_run_on_their_side_of_the_limiters(engine: str, origin: Origin) -> None:
+    plugins = {"test-above-limits": {}, "test-below-limits": {}, **lc(count=1)}
+    config = {"routes": [route("/a", origin.addr, plugins=plugins)]}
+    gw = Gateway(config=config, engine=engine, listen=["127.0.0.1:0"], workers=1, debug=True)
+    gw.register_plugin(_Above)
+    gw.register_plugin(_Below)
+    with gw:
+        SEEN.clear()
+        ok = request(gw.url, "/a")
+        assert ok.status == 200
+        assert SEEN == ["above", "below", "before_proxy"]
+        assert ok.json()["headers"]["x-below"] == "1", "late changes reach the upstream"
+        assert ok.headers["x-ratelimit-remaining"] == "0"
+        SEEN.clear()
+        refused = request(gw.url, "/a")
+        assert refused.status == 503
+        assert SEEN == ["above"], "a refused request never reaches the plugins below"
+        runner = gw._runner
+        if runner is not None:  # native: the run kept for the late crossing is let go
+            deadline = time.monotonic() + 5
+            while runner._late and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert not runner._late
 
 
 def test_rotating_forwarded_for_does_not_bypass(gateway: Make, origin: Origin) -> None:

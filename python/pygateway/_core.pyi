@@ -47,8 +47,11 @@ class Job:
 
     @property
     def phase(self) -> str:
-        """``request`` (rewrite, access, before_proxy), ``header_filter``, ``body_filter``
-        or ``log``."""
+        """``request`` (rewrite, access, before_proxy), ``request_late`` (what runs after
+        the native limiters), ``header_filter``, ``body_filter`` or ``log``."""
+    @property
+    def cancelled(self) -> bool:
+        """A ``request_late`` job saying the late crossing will not happen."""
     @property
     def request_id(self) -> int: ...
     @property
@@ -97,6 +100,7 @@ class Job:
         debug: str | None = None,
         consumer: str | None = None,
         limits: str | None = None,
+        again: bool = False,
     ) -> None:
         """Request phases: go on to the upstream with these changes."""
     def respond(

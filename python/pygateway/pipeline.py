@@ -429,6 +429,12 @@ class Pipeline:
         return Execution(self, ctx, plan)
 
 
+NATIVE_LIMITER_PRIORITY = 1002
+"""On the native engine the limiters (limit-conn 1003, limit-count 1002, limit-req 1001) run
+in Rust as one block at this access priority: Python ``access`` plugins of higher priority
+run before them, lower ones (and ``before_proxy``) after, in a second crossing."""
+
+
 class Execution:
     """The plugin run of one request: phases in order, the debug trace, the response."""
 
@@ -441,6 +447,9 @@ class Execution:
         self.response: PluginResponse | None = None
         """The response that ended the request (a plugin's or an error), if any."""
         self.consumer_merged = False
+        self.stage = 0
+        """0: every access plugin runs; 1: those above the native limiters only; 2: those
+        below only (see :data:`NATIVE_LIMITER_PRIORITY`)."""
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -503,7 +512,18 @@ class Execution:
             return PluginResponse.error(500, "internal error", step.name, phase)
 
     def _request_steps(self, phase: str) -> tuple[Step, ...]:
-        return self.plan.steps(phase)
+        steps = self.plan.steps(phase)
+        if self.stage == 0 or phase != "access":
+            return steps
+        if self.stage == 1:
+            return tuple(s for s in steps if s.priority >= NATIVE_LIMITER_PRIORITY)
+        return tuple(s for s in steps if s.priority < NATIVE_LIMITER_PRIORITY)
+
+    def late_pending(self) -> bool:
+        """After stage 1: is there anything left for after the native limiters?"""
+        return bool(self.plan.steps("before_proxy")) or any(
+            s.priority < NATIVE_LIMITER_PRIORITY for s in self.plan.steps("access")
+        )
 
     def _consumer_steps(self) -> tuple[Step, ...] | None:
         """Merge the consumer's plugins (after rewrite); the steps of ``rewrite_in_consumer``."""

@@ -45,6 +45,7 @@ STALE_AFTER = 300.0
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 _NO_ROUTE: Mapping[str, Any] = {}
 _NO_CHANGES = UpstreamChanges()
+_INTERNAL = b'{"error_msg":"internal error"}\n'
 
 
 def upstream_target(changes: UpstreamChanges, request_uri: str) -> str | None:
@@ -228,6 +229,8 @@ class PluginRunner:
         self._shapes: dict[Plan, _Shape] = {}
         self._plans: dict[str, tuple[Any, Any, tuple[int, int], Plan]] = {}
         self._consumer_specs: dict[tuple[int, int], tuple[Any, Any, str | None]] = {}
+        self._late: dict[int, tuple[Execution, float]] = {}
+        """Plugin runs waiting for their late crossing (after the native limiters)."""
 
     def start(self) -> None:
         self._running = True
@@ -281,9 +284,10 @@ class PluginRunner:
             now = time.monotonic()
             if now - self._last_sweep > 10:
                 self._last_sweep = now
-                stale = [k for k, (_, t) in self._live.items() if now - t > STALE_AFTER]
-                for k in stale:
-                    self._live.pop(k, None)
+                for waiting in (self._live, self._late):
+                    stale = [k for k, (_, t) in waiting.items() if now - t > STALE_AFTER]
+                    for k in stale:
+                        waiting.pop(k, None)
 
     def _run_loop(self) -> None:
         loop = asyncio.new_event_loop()
@@ -298,10 +302,9 @@ class PluginRunner:
     # -- dispatch ---------------------------------------------------------------------
 
     def _fail(self, job: _core.Job) -> None:
-        body = b'{"error_msg":"internal error"}\n'
         try:
-            if job.phase == "request":
-                job.respond(500, [("Content-Type", "application/json")], body)
+            if job.phase in ("request", "request_late") and not job.cancelled:
+                job.respond(500, [("Content-Type", "application/json")], _INTERNAL)
             elif job.phase == "header_filter":
                 job.send_head(job.status or 500, job.response_headers())
         except Exception:  # already completed
@@ -314,11 +317,29 @@ class PluginRunner:
             shape = self._shape(run.plan)
             if shape.later:
                 self._live[job.request_id] = (run, time.monotonic())
+            phases = shape.phases
+            if self._route_of(run).get("limits"):
+                # The route's limiters run between the access plugins above and below them.
+                run.stage = 1
+                phases = tuple(p for p in phases if p != "before_proxy")
             if shape.is_async:
-                done = lambda resp: self._reply(job, run, resp)  # noqa: E731
-                self._spawn(run.run_phases_async(shape.phases), done)
+                done = lambda resp: self._reply_early(job, run, resp)  # noqa: E731
+                self._spawn(run.run_phases_async(phases), done)
             else:
-                self._reply(job, run, run.run_phases(shape.phases))
+                self._reply_early(job, run, run.run_phases(phases))
+        elif phase == "request_late":
+            entry = self._late.pop(job.request_id, None)
+            if job.cancelled or entry is None:
+                if entry is None and not job.cancelled:
+                    job.respond(500, [("Content-Type", "application/json")], _INTERNAL)
+                return
+            run = entry[0]
+            run.stage = 2
+            if any(run.plan.has_async(p) for p in REQUEST_PHASES):
+                done = lambda resp: self._reply(job, run, resp)  # noqa: E731
+                self._spawn(run.run_phases_async(("access", "before_proxy")), done)
+            else:
+                self._reply(job, run, run.run_phases(("access", "before_proxy")))
         elif phase == "header_filter":
             self._response_phase(job, self._run_of(job), "header_filter", self._send_head)
         elif phase == "body_filter":
@@ -423,7 +444,22 @@ class PluginRunner:
     def _debug(self, run: Execution) -> str | None:
         return run.debug_header() if self.debug else None
 
-    def _reply(self, job: _core.Job, run: Execution, resp: PluginResponse | None) -> None:
+    @staticmethod
+    def _route_of(run: Execution) -> Mapping[str, Any]:
+        ctx = run.ctx
+        return ctx._route if isinstance(ctx, NativeCtx) else _NO_ROUTE
+
+    def _reply_early(self, job: _core.Job, run: Execution, resp: PluginResponse | None) -> None:
+        """The first request crossing: asks for a second one when plugins wait for the
+        route's limiters."""
+        again = run.stage == 1 and resp is None and run.late_pending()
+        if again:
+            self._late[job.request_id] = (run, time.monotonic())
+        self._reply(job, run, resp, again)
+
+    def _reply(
+        self, job: _core.Job, run: Execution, resp: PluginResponse | None, again: bool = False
+    ) -> None:
         if resp is not None:
             job.respond(resp.status, resp.headers, resp.body, self._debug(run))
             return
@@ -441,6 +477,7 @@ class PluginRunner:
             self._debug(run),
             ctx.consumer_name,
             self._consumer_limits(ctx) if ctx.consumer is not None else None,
+            again,
         )
 
     def _consumer_limits(self, ctx: SimpleCtx) -> str | None:

@@ -23,6 +23,9 @@ use tokio::sync::oneshot;
 pub enum Phase {
     /// rewrite, access and before_proxy, in one crossing.
     Request,
+    /// The access plugins below the native limiters' priority and before_proxy, after the
+    /// limiters admitted the request (only when the first crossing asked for it).
+    Late,
     /// header_filter, once the upstream response head is known.
     Header,
     /// body_filter, once per response body chunk (and once more at the end).
@@ -36,6 +39,7 @@ impl Phase {
     pub fn name(self) -> &'static str {
         match self {
             Phase::Request => "request",
+            Phase::Late => "request_late",
             Phase::Header => "header_filter",
             Phase::Body => "body_filter",
             Phase::Log => "log",
@@ -97,6 +101,8 @@ pub struct Changes {
     pub consumer: Option<String>,
     /// Native limiters the consumer (or its group) configures: JSON list of limiter specs.
     pub limits: Option<String>,
+    /// Plugins wait to run after the native limiters: cross again ([`Phase::Late`]).
+    pub again: bool,
 }
 
 /// What a crossing decided.

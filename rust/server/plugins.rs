@@ -92,10 +92,11 @@ pub async fn cross(
     finish(phase, tokio::time::timeout(CROSSING_LIMIT, rx).await)
 }
 
-/// The request crossing: while plugins run, serves their requests for the client body
-/// (buffered once, then also what goes upstream).
+/// A request crossing ([`Phase::Request`] or [`Phase::Late`]): while plugins run, serves
+/// their requests for the client body (buffered once, then also what goes upstream).
 pub async fn cross_request(
     bridge: &Bridge,
+    phase: Phase,
     request: &Arc<RequestData>,
     body: &mut RequestBody,
     read_timeout: Duration,
@@ -103,7 +104,7 @@ pub async fn cross_request(
     let (tx, mut rx) = oneshot::channel();
     let (body_tx, mut body_rx) = mpsc::unbounded_channel::<BodyRequest>();
     bridge.submit(Job {
-        phase: Phase::Request,
+        phase,
         request: request.clone(),
         response: None,
         reply: Some(tx),
@@ -114,12 +115,12 @@ pub async fn cross_request(
     tokio::pin!(limit);
     loop {
         tokio::select! {
-            outcome = &mut rx => return finish::<()>(Phase::Request, Ok(outcome)),
+            outcome = &mut rx => return finish::<()>(phase, Ok(outcome)),
             Some(ask) = body_rx.recv() => {
                 let got = body.buffer(ask.limit, read_timeout).await;
                 let _ = ask.reply.send(got);
             }
-            _ = &mut limit => return finish(Phase::Request, Err(())),
+            _ = &mut limit => return finish(phase, Err(())),
         }
     }
 }
@@ -155,6 +156,19 @@ pub fn filter_body(
         bridge.clone(),
         request.clone(),
     )));
+}
+
+/// Tells the runner a request that asked for a late crossing will not have one (a limiter
+/// refused it): it forgets the plugin run it kept.
+pub fn cancel_late(bridge: &Bridge, request: &Arc<RequestData>) {
+    bridge.submit(Job {
+        phase: Phase::Late,
+        request: request.clone(),
+        response: None,
+        reply: None,
+        body: None,
+        chunk: None,
+    });
 }
 
 /// Sends the log phase once the response is complete (or now, for a response made here).

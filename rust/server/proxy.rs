@@ -136,7 +136,15 @@ pub async fn handle(
     let mut answered = None;
     if phases & plugins::REQUEST != 0 {
         let stall = routed.route.timeout.unwrap_or_default().read;
-        match plugins::cross_request(&state.bridge, &request, &mut body, secs(stall)).await {
+        let crossed = plugins::cross_request(
+            &state.bridge,
+            Phase::Request,
+            &request,
+            &mut body,
+            secs(stall),
+        )
+        .await;
+        match crossed {
             Some(Outcome::Continue(c)) => {
                 debug = c.debug.clone();
                 changes = Some(c);
@@ -204,6 +212,46 @@ pub async fn handle(
             {
                 Ok(a) => admitted = Some(a),
                 Err(refusal) => answered = Some(refused(refusal, false)),
+            }
+        }
+        // Plugins below the limiters' priority (and before_proxy) run now, in a second
+        // crossing; a refused request never reaches them.
+        if changes.as_ref().is_some_and(|c| c.again) {
+            if answered.is_some() {
+                plugins::cancel_late(&state.bridge, &request);
+            } else {
+                let stall = routed.route.timeout.unwrap_or_default().read;
+                let crossed = plugins::cross_request(
+                    &state.bridge,
+                    Phase::Late,
+                    &request,
+                    &mut body,
+                    secs(stall),
+                )
+                .await;
+                match crossed {
+                    Some(Outcome::Continue(c)) => {
+                        debug = c.debug.clone();
+                        // The late changes include the first crossing's (one ctx).
+                        applied = false;
+                        changes = Some(c);
+                    }
+                    Some(Outcome::Respond {
+                        status,
+                        headers,
+                        body: payload,
+                        debug: d,
+                    }) => {
+                        debug = d;
+                        answered = Some(plugins::response(status, headers, payload));
+                    }
+                    _ => {
+                        return Ok(json_error(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "internal error",
+                        ))
+                    }
+                }
             }
         }
     }
