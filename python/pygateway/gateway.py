@@ -25,7 +25,7 @@ from .config import (
 )
 from .config.compile import CompileCache, change_set_json, is_empty
 from .config.node import AdminSettings, admin_settings
-from .pipeline import Pipeline
+from .pipeline import NATIVE_LIMITER_PRIORITY, Pipeline
 from .plugin import PHASES, Plugin, PluginError, PluginRegistry, RegistryCatalog
 from .plugins._limit import limiter_specs
 from .runner import PluginRunner, PluginView
@@ -383,20 +383,36 @@ class Gateway:
         env = {**os.environ, "PYGATEWAY_DEMO_PORT": port}
         return load_standalone(DEFAULT_CONFIG, catalog=self._catalog, env=env)
 
-    def _phases(self, plugins: dict[str, Any], global_rules: list[dict[str, Any]]) -> list[str]:
-        """The phases a route's plugins (and the global rules') implement on this node."""
+    def _phases(
+        self, plugins: dict[str, Any], global_rules: list[dict[str, Any]], limited: bool = False
+    ) -> list[str]:
+        """The phases a route's plugins (and the global rules') implement on this node.
+
+        ``limited``: the route has native limiters. When none of its Python request plugins
+        runs before them (no rewrite, no access above their priority), the request phases
+        are one crossing after the limiters: ``late``.
+        """
         enabled = self.node.plugins
-        names = set(plugins)
-        for rule in global_rules:
-            names.update(rule)
         found: set[str] = set()
-        for name in names:
-            plugin = self.plugins.get(name)
-            if plugin is None or (enabled is not None and name not in enabled):
-                continue
-            if plugin.native and self._native:
-                continue
-            found.update(p for p in PHASES if callable(getattr(plugin, p, None)))
+        early = False
+        for source in (plugins, *global_rules):
+            for name, conf in source.items():
+                plugin = self.plugins.get(name)
+                if plugin is None or (enabled is not None and name not in enabled):
+                    continue
+                if plugin.native and self._native:
+                    continue
+                methods = {p for p in PHASES if callable(getattr(plugin, p, None))}
+                found |= methods
+                meta = conf.get("_meta") if isinstance(conf, dict) else None
+                priority = (meta or {}).get("priority", plugin.priority)
+                if "rewrite" in methods or (
+                    "access" in methods and priority >= NATIVE_LIMITER_PRIORITY
+                ):
+                    early = True
+        if limited and not early and found & {"access", "before_proxy"}:
+            found -= {"access", "before_proxy"}
+            found.add("late")
         return sorted(found)
 
     def _limits(
@@ -438,8 +454,10 @@ class Gateway:
             ]
             groups: dict[str, Any] = {}
             for route in snapshot.routes.values():
-                route["phases"] = self._phases(route.get("plugins") or {}, global_rules)
                 limits = self._limits(route, config, groups)  # checks groups on both engines
+                limited = self._native and bool(limits)
+                plugins = route.get("plugins") or {}
+                route["phases"] = self._phases(plugins, global_rules, limited)
                 if self._native:
                     route["limits"] = limits
             view = PluginView(

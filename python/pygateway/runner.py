@@ -329,11 +329,14 @@ class PluginRunner:
                 self._reply_early(job, run, run.run_phases(phases))
         elif phase == "request_late":
             entry = self._late.pop(job.request_id, None)
-            if job.cancelled or entry is None:
-                if entry is None and not job.cancelled:
-                    job.respond(500, [("Content-Type", "application/json")], _INTERNAL)
+            if job.cancelled:
                 return
-            run = entry[0]
+            if entry is not None:
+                run = entry[0]
+            else:  # every request plugin of the route is below its limiters: one crossing
+                run = self._begin(job)
+                if self._shape(run.plan).later:
+                    self._live[job.request_id] = (run, time.monotonic())
             run.stage = 2
             if any(run.plan.has_async(p) for p in REQUEST_PHASES):
                 done = lambda resp: self._reply(job, run, resp)  # noqa: E731

@@ -26,6 +26,9 @@ pub const HEADER: u8 = 2;
 pub const LOG: u8 = 4;
 /// The route has plugins with body_filter.
 pub const BODY: u8 = 8;
+/// The route's request plugins all run after its native limiters: no first crossing, only
+/// the late one.
+pub const LATE: u8 = 16;
 
 /// The most a crossing may take before the request fails: the runner applies its own,
 /// shorter, per-phase timeout (504); this one only guards against a runner that is gone.
@@ -39,6 +42,7 @@ pub fn phase_bits(names: &[String]) -> u8 {
             "header_filter" => HEADER,
             "body_filter" => BODY,
             "log" => LOG,
+            "late" => LATE,
             _ => 0,
         }
     });
@@ -312,6 +316,7 @@ mod tests {
         assert_eq!(phase_bits(&names(&[])), 0);
         assert_eq!(phase_bits(&names(&["access", "rewrite"])), REQUEST);
         assert_eq!(phase_bits(&names(&["header_filter", "log"])), HEADER | LOG);
+        assert_eq!(phase_bits(&names(&["late"])), LATE);
     }
 
     #[test]

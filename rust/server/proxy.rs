@@ -216,9 +216,15 @@ pub async fn handle(
         }
         // Plugins below the limiters' priority (and before_proxy) run now, in a second
         // crossing; a refused request never reaches them.
-        if changes.as_ref().is_some_and(|c| c.again) {
+        let late = match &changes {
+            Some(c) => c.again,
+            None => phases & plugins::LATE != 0,
+        };
+        if late {
             if answered.is_some() {
-                plugins::cancel_late(&state.bridge, &request);
+                if changes.is_some() {
+                    plugins::cancel_late(&state.bridge, &request);
+                }
             } else {
                 let stall = routed.route.timeout.unwrap_or_default().read;
                 let crossed = plugins::cross_request(
