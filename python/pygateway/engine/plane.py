@@ -15,24 +15,28 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
+import functools
 import ipaddress
 import json
 import logging
 import socket
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web, web_protocol, web_server
-from aiohttp.http import HttpVersion11
+from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.http_exceptions import LineTooLong
 
-from ..ctx import RequestBodyTooLarge, SimpleCtx
-from ..pipeline import REQUEST_PHASES, Execution, Pipeline, PluginResponse
+from ..ctx import RequestBodyTooLarge, SimpleCtx, Vars
+from ..pipeline import REQUEST_PHASES, Execution, Pipeline, Plan, PluginResponse, Step
 from ..plugins._redis import close_clients as close_redis_clients
-from ..runner import PLUGIN_BODY_LIMIT, PluginView, upstream_target
+from ..runner import PLUGIN_BODY_LIMIT, NativeCtx, PluginView, upstream_target
 from .proxy import (
+    NO_BODY,
     Changes,
     ClientBodyError,
     Forward,
@@ -52,7 +56,7 @@ from .request import (
     request_host,
     split_target,
 )
-from .router import IpSet, RouteTable, path_mode
+from .router import Address, IpSet, RouteTable, path_mode
 from .upstream import Timeouts, Upstream
 
 __all__ = ["EngineError", "PythonDataPlane"]
@@ -62,6 +66,8 @@ log = logging.getLogger("pygateway.engine")
 MAX_HEADER_LINE = 64 * 1024
 """Longest request line or header field; beyond, 431 (the native plane allows ~400 KiB in all)."""
 _RESPONSE_PHASES = frozenset(("header_filter", "body_filter", "log"))
+_BODY_FRAMING = frozenset(("content-length", "transfer-encoding"))
+_VERSIONS = {HttpVersion11: "HTTP/1.1", HttpVersion10: "HTTP/1.0"}
 
 
 class EngineError(Exception):
@@ -70,7 +76,7 @@ class EngineError(Exception):
 
 @dataclass(frozen=True)
 class RouteEntry:
-    """What a matched route carries into the data plane."""
+    """What a matched route carries into the data plane (derived once, at apply time)."""
 
     id: str
     upstream: str | None
@@ -79,10 +85,37 @@ class RouteEntry:
     plugins: Mapping[str, Any]
     name: str | None
     service_id: str | None
+    request_phases: bool = dataclasses.field(init=False)
+    header_filter: bool = dataclasses.field(init=False)
+    body_filter: bool = dataclasses.field(init=False)
+    response_phases: bool = dataclasses.field(init=False)
+    meta: Mapping[str, Any] = dataclasses.field(init=False)
+    """``name`` and ``service_id``, as the plugin ctx reads them from a route."""
 
-    @property
-    def request_phases(self) -> bool:
-        return not self.phases.isdisjoint(REQUEST_PHASES)
+    def __post_init__(self) -> None:
+        facts = {
+            "request_phases": not self.phases.isdisjoint(REQUEST_PHASES),
+            "header_filter": "header_filter" in self.phases,
+            "body_filter": "body_filter" in self.phases,
+            "response_phases": not self.phases.isdisjoint(_RESPONSE_PHASES),
+            "meta": {"name": self.name, "service_id": self.service_id},
+        }
+        for name, value in facts.items():
+            object.__setattr__(self, name, value)
+
+
+@dataclass(frozen=True, eq=False)
+class _RoutePlan:
+    """A route's plugin plan as this engine runs it, cached per route."""
+
+    plugins: Any
+    rules: Any
+    epoch: tuple[int, int]
+    plan: Plan
+    sync: bool
+    """No request phase is async and no consumer can join (nothing runs in rewrite)."""
+    phases: tuple[str, ...]
+    """The request phases with plugins (when ``sync``)."""
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -132,8 +165,128 @@ class _Response(web.StreamResponse):
             self.headers.popall("Content-Type", None)
 
 
+class _WholeResponse(_Response):
+    """A response whose body is at hand: its head goes out with the body, in one write."""
+
+    _send_headers_immediately = False
+
+
+class _Request:
+    """A request as :class:`~pygateway.runner.NativeCtx` reads it (``_core.Job``'s members)."""
+
+    __slots__ = ("_body", "_info", "_params", "route_id")
+
+    def __init__(
+        self, info: RequestInfo, route_id: str, params: list[tuple[str, str]], body: RequestBody
+    ) -> None:
+        self._info = info
+        self.route_id = route_id
+        self._params = params
+        self._body = body
+
+    @property
+    def method(self) -> str:
+        return self._info.method.upper()
+
+    @property
+    def path(self) -> str:
+        return self._info.path
+
+    @property
+    def query(self) -> str | None:
+        return self._info.query
+
+    @property
+    def host(self) -> str:
+        return self._info.host
+
+    @property
+    def remote_addr(self) -> str:
+        return self._info.client_ip
+
+    @property
+    def server_port(self) -> int:
+        return self._info.local[1]
+
+    @property
+    def request_uri(self) -> str:
+        return self._info.request_uri
+
+    def headers(self) -> list[tuple[str, str]]:
+        return self._info.headers
+
+    def params(self) -> list[tuple[str, str]]:
+        return self._params
+
+    def read_body(self, limit: int) -> bytes | None:
+        """Read ahead before the request phases (see ``RequestBody.prefetch``)."""
+        return self._body.for_plugin()
+
+
+class _Ctx(NativeCtx):
+    """The plugin ctx: made on demand from the request, as on the native plane.
+
+    Nothing in it refers back to it (``var`` holds a weak proxy), so a request's ctx is
+    freed when the request ends, not left to the cycle collector.
+    """
+
+    async def body_async(self) -> bytes:
+        return self.body()  # read ahead already: nothing to wait for
+
+
+class _Lazy:
+    """An attribute :class:`NativeCtx` makes on first use, found without a failed lookup
+    first (``__getattr__`` runs only after an AttributeError: costly once per attribute)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, ctx: Any, owner: Any = None) -> Any:
+        if ctx is None:
+            return self
+        make = _MADE_HERE.get(self.name)
+        if make is None:
+            return NativeCtx.__getattr__(ctx, self.name)  # stores it: the next read is plain
+        value = make(ctx)
+        setattr(ctx, self.name, value)
+        return value
+
+
+_MADE_HERE: dict[str, Callable[[Any], Any]] = {
+    # NativeCtx's would refer back to the ctx:
+    "var": lambda ctx: Vars(cast(SimpleCtx, weakref.proxy(ctx))),
+    "_body_reader": lambda ctx: functools.partial(_plugin_body, ctx._job),
+    # only read: the view's own, not copies
+    "_consumers": lambda ctx: ctx._view.consumers,
+    "_plugin_metadata": lambda ctx: ctx._view.plugin_metadata,
+}
+"""What :class:`_Ctx` makes itself rather than as NativeCtx does."""
+
+
+for _name in (
+    "_headers", "_method", "_uri", "_query", "_args", "_host", "scheme", "remote_addr",
+    "server_port", "route_id", "route_name", "service_id", "params", "request_uri", "_body",
+    "_body_reader", "client_max_body_size", "_consumers", "_plugin_metadata", "_plugin_attr",
+    "status", "response_headers", "var",
+):  # fmt: skip
+    setattr(_Ctx, _name, _Lazy(_name))
+
+
+@dataclass(frozen=True)
+class _Peer:
+    """What a connection's requests share: the two ends' addresses."""
+
+    ip: Address
+    addr: tuple[str, int]
+    local: tuple[str, int]
+    trusted: bool
+
+
 class _Handler(web_protocol.RequestHandler):
     """aiohttp's connection handler, answering malformed requests as the native plane does."""
+
+    peer: _Peer | None = None
+    """Set by the first request of the connection."""
 
     def handle_error(
         self,
@@ -221,6 +374,7 @@ class PythonDataPlane:
         self._http: list[web_server.Server] = []
         self._addrs: list[str] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._plans: dict[str, _RoutePlan] = {}
 
     # -- the Gateway's interface ----------------------------------------------------
 
@@ -408,6 +562,28 @@ class PythonDataPlane:
 
     # -- one request ----------------------------------------------------------------
 
+    def _peer(self, request: web.BaseRequest) -> _Peer:
+        """The connection's addresses, derived on its first request."""
+        proto = request.protocol
+        known = proto.peer if isinstance(proto, _Handler) else None
+        if known is not None:
+            return known
+        transport = request.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        local = transport.get_extra_info("sockname") if transport is not None else None
+        peer_t = (str(peer[0]), int(peer[1])) if peer else ("127.0.0.1", 0)
+        local_t = (str(local[0]), int(local[1])) if local else ("127.0.0.1", 0)
+        ip = ipaddress.ip_address(peer_t[0])
+        found = _Peer(
+            ip=ip,
+            addr=(str(ip), peer_t[1]),
+            local=(str(ipaddress.ip_address(local_t[0])), local_t[1]),
+            trusted=bool(self._trusted) and self._trusted.matches(ip),
+        )
+        if isinstance(proto, _Handler):
+            proto.peer = found
+        return found
+
     def _info(self, request: web.BaseRequest) -> RequestInfo:
         """The request as the router sees it; raises BadRequest (400)."""
         raw = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in request.raw_headers]
@@ -416,13 +592,13 @@ class PythonDataPlane:
         version = request.version
         host = request_host(host_headers, authority, version < HttpVersion11)
         path, _, query = target.partition("?")
-        transport = request.transport
-        peer = transport.get_extra_info("peername") if transport is not None else None
-        local = transport.get_extra_info("sockname") if transport is not None else None
-        peer_t = (str(peer[0]), int(peer[1])) if peer else ("127.0.0.1", 0)
-        local_t = (str(local[0]), int(local[1])) if local else ("127.0.0.1", 0)
-        peer_ip = ipaddress.ip_address(peer_t[0])
-        xff = [v for n, v in raw if n == "x-forwarded-for"]
+        peer = self._peer(request)
+        if peer.trusted:
+            xff = [v for n, v in raw if n == "x-forwarded-for"]
+            client = client_addr(xff, peer.ip, self._trusted)
+            client_ip = str(client)
+        else:
+            client, client_ip = peer.ip, peer.addr[0]
         return RequestInfo(
             method=request.method,
             request_uri=target,
@@ -430,10 +606,12 @@ class PythonDataPlane:
             host=host,
             path=normalize_path(path),
             query=query if "?" in target else None,
-            client=client_addr(xff, peer_ip, self._trusted),
-            peer=(str(peer_ip), peer_t[1]),
-            local=(str(ipaddress.ip_address(local_t[0])), local_t[1]),
-            version=f"HTTP/{version.major}.{version.minor}",
+            client=client,
+            peer=peer.addr,
+            local=peer.local,
+            version=_VERSIONS.get(version) or f"HTTP/{version.major}.{version.minor}",
+            client_ip=client_ip,
+            peer_trusted=peer.trusted,
         )
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -453,11 +631,13 @@ class PythonDataPlane:
         if client_host is None:
             client_host, _ = split_target(request.raw_path)
         fwd = Forward(route.id, upstream, route.timeout, client_host)
-        body = RequestBody(
-            request.content if request.body_exists else None, _expect_continue(request)
+        body = (
+            RequestBody(request.content, _expect_continue(request))
+            if request.body_exists
+            else NO_BODY
         )
         if not route.phases or self.pipeline is None:
-            reply = await forward(info, fwd, body, self._trusted, None)
+            reply = await forward(info, fwd, body, None)
             if self.debug:
                 reply.headers.append(("apisix-plugins", "no plugin"))
             return await self._send(request, reply, None)
@@ -477,25 +657,9 @@ class PythonDataPlane:
         view = self.view
         conf = view.routes.get(route.id)
         plugins = conf.get("plugins") if conf is not None else route.plugins
-        ctx = SimpleCtx(
-            method=info.method,
-            path=info.path,
-            query=info.query or "",
-            headers=info.headers,
-            host=info.host,
-            remote_addr=str(info.client),
-            server_port=info.local[1],
-            route_id=route.id,
-            route_name=route.name,
-            service_id=route.service_id,
-            params=dict(params),
-            body_reader=lambda: _plugin_body(body),
-            client_max_body_size=PLUGIN_BODY_LIMIT,
-            consumers=view.consumers,
-            plugin_metadata=view.plugin_metadata,
-        )
-        ctx.request_uri = info.request_uri
-        run = self.pipeline.start(ctx, plugins or {}, view.global_rules)
+        ctx = _Ctx(_Request(info, route.id, params, body), route.meta, view)  # type: ignore[arg-type]
+        known = self._plan(route.id, plugins or {}, view.global_rules)
+        run = Execution(self.pipeline, ctx, known.plan)
         debug: str | None = None
         reply: Reply | None = None
         changes: Changes | None = None
@@ -503,7 +667,10 @@ class PythonDataPlane:
             try:
                 if body.exists:
                     await body.prefetch(PLUGIN_BODY_LIMIT, (route.timeout or Timeouts()).read)
-                resp = await _request_phases(run)
+                if known.sync:
+                    resp = run.run_phases(known.phases)
+                else:
+                    resp = await _request_phases(run)
             except ClientBodyError as err:  # the client stalled or broke its body
                 reply, resp = html_error(err.status), None
             except Exception:
@@ -513,7 +680,7 @@ class PythonDataPlane:
                 debug = run.debug_header()
             if resp is not None:
                 reply = plugin_reply(resp.status, resp.headers, resp.body)
-            elif reply is None:
+            elif reply is None and ctx.changes.changed:
                 ch = ctx.changes
                 changes = Changes(
                     set_headers=[(n, v) for n, v in ch.set_headers.values()],
@@ -525,11 +692,14 @@ class PythonDataPlane:
                 if ch.host is not None:
                     fwd.client_host = ch.host
         if reply is None:
-            reply = await forward(info, fwd, body, self._trusted, changes)
-        if "header_filter" in route.phases:
+            reply = await forward(info, fwd, body, changes)
+        if route.header_filter:
             try:
                 ctx.set_response(reply.status, reply.headers)
-                await _phase(run, "header_filter")
+                if run.plan.has_async("header_filter"):
+                    await run.run_phase_async("header_filter")
+                else:
+                    run.run_phase("header_filter")
                 _replace_head(reply, ctx.status, ctx.response_headers.items_list())
             except Exception:
                 log.exception("header_filter failed")
@@ -539,11 +709,37 @@ class PythonDataPlane:
         if debug is not None:
             reply.headers = [(n, v) for n, v in reply.headers if n.lower() != "apisix-plugins"]
             reply.headers.append(("apisix-plugins", debug))
-        if "body_filter" in route.phases:
+        if route.body_filter:
             _filter_body(reply, run)
-        if not _RESPONSE_PHASES.isdisjoint(route.phases):
+        if route.response_phases and run.plan.steps("log"):
             return await self._send(request, reply, lambda: self._log(run, reply))
         return await self._send(request, reply, None)
+
+    def _plan(self, route_id: str, plugins: Any, rules: Any) -> _RoutePlan:
+        """The route's plan (the pipeline's, with the plugins' sync variants), cached."""
+        assert self.pipeline is not None
+        epoch = self.pipeline.epoch
+        known = self._plans.get(route_id)
+        if (
+            known is not None
+            and known.plugins is plugins
+            and known.rules is rules
+            and known.epoch == epoch
+        ):
+            return known
+        plan = _with_sync_variants(self.pipeline.plan(plugins, rules))
+        known = _RoutePlan(
+            plugins,
+            rules,
+            epoch,
+            plan,
+            sync=not plan.steps("rewrite") and not any(plan.has_async(p) for p in REQUEST_PHASES),
+            phases=tuple(p for p in REQUEST_PHASES if plan.steps(p)),
+        )
+        if len(self._plans) > 65536:
+            self._plans.clear()
+        self._plans[route_id] = known
+        return known
 
     def _log(self, run: Execution, reply: Reply) -> None:
         """The log phase, once the response is over (not holding up the connection)."""
@@ -564,22 +760,26 @@ class PythonDataPlane:
         after: Callable[[], None] | None,
     ) -> web.StreamResponse:
         """Write the reply; a body failing mid-way closes the client connection."""
-        resp = _Response(status=reply.status)
+        headers: list[tuple[str, str]] = []
+        close = reply.status == 408
         for name, value in reply.headers:
-            if name.lower() not in ("content-length", "transfer-encoding"):
-                resp.headers.add(name, value)
+            lname = name.lower()
+            if lname in _BODY_FRAMING:
+                continue
+            if lname == "connection" and value.lower() == "close":
+                close = True
+            headers.append((name, value))
+        whole = isinstance(reply.body, bytes)
+        resp = (_WholeResponse if whole else _Response)(status=reply.status, headers=headers)
         if reply.length is not None:
             resp.content_length = reply.length
-        close = reply.status == 408 or any(
-            n.lower() == "connection" and v.lower() == "close" for n, v in reply.headers
-        )
         if close:
             resp.force_close()
         try:
             await resp.prepare(request)
             if isinstance(reply.body, bytes):
                 if reply.body:
-                    await resp.write(reply.body)
+                    await resp.write(reply.body)  # with the head, in one write
             else:
                 try:
                     async for data, _last in reply.body:
@@ -594,7 +794,7 @@ class PythonDataPlane:
             if close and request.protocol is not None:
                 request.protocol.force_close()  # no lingering over a stalled or bad body
         except (ConnectionError, asyncio.CancelledError):
-            if not isinstance(reply.body, bytes):
+            if not whole:
                 await _discard(reply.body)
             raise
         finally:
@@ -604,6 +804,13 @@ class PythonDataPlane:
                 except Exception:
                     log.exception("log phase failed")
         return resp
+
+
+def _plugin_body(job: _Request) -> bytes:
+    data = job.read_body(PLUGIN_BODY_LIMIT)
+    if data is None:
+        raise RequestBodyTooLarge(f"request body larger than {PLUGIN_BODY_LIMIT} bytes")
+    return data
 
 
 async def _discard(body: Any) -> None:
@@ -617,13 +824,6 @@ async def _discard(body: Any) -> None:
 
 def _internal_error() -> Reply:
     return json_error(500, "internal error")
-
-
-def _plugin_body(body: RequestBody) -> bytes:
-    data = body.for_plugin()
-    if data is None:
-        raise RequestBodyTooLarge(f"request body larger than {PLUGIN_BODY_LIMIT} bytes")
-    return data
 
 
 def _expect_continue(request: web.BaseRequest) -> Callable[[], None]:
@@ -645,17 +845,43 @@ def _expect_continue(request: web.BaseRequest) -> Callable[[], None]:
 
 
 async def _request_phases(run: Execution) -> PluginResponse | None:
-    plan = run.plan
-    if any(plan.has_async(p) for p in REQUEST_PHASES):
-        return await run.run_phases_async(REQUEST_PHASES)
-    return run.run_phases(REQUEST_PHASES)
+    """The request phases, each sync or awaited: after rewrite a consumer's plugins may
+    have joined the plan (``run.plan`` changes)."""
+    for phase in REQUEST_PHASES:
+        plan = run.plan
+        if plan.has_async(phase) or (phase == "rewrite" and plan.steps("rewrite")):
+            resp = await run.run_phase_async(phase)
+        else:
+            resp = run.run_phase(phase)
+        if resp is not None:
+            return resp
+    return None
 
 
-async def _phase(run: Execution, phase: str) -> None:
-    if run.plan.has_async(phase):
-        await run.run_phase_async(phase)
-    else:
-        run.run_phase(phase)
+def _with_sync_variants(plan: Plan) -> Plan:
+    """``plan`` where a plugin offers a sync variant of an async phase for its conf
+    (``sync_variant(phase, conf)``, e.g. limit-count's local policy): no task per call."""
+
+    def swapped(steps: tuple[Step, ...]) -> list[Step]:
+        out = []
+        for step in steps:
+            variant = getattr(step.plugin, "sync_variant", None)
+            if variant is not None:
+                methods = dict(step.methods)
+                for phase, (_fn, is_async) in step.methods.items():
+                    sync = variant(phase, step.conf) if is_async else None
+                    if sync is not None:
+                        methods[phase] = (sync, False)
+                if methods != step.methods:
+                    step = dataclasses.replace(step, methods=methods)
+            out.append(step)
+        return out
+
+    global_steps = swapped(plan.global_steps)
+    route_steps = swapped(plan.route_steps)
+    if global_steps == list(plan.global_steps) and route_steps == list(plan.route_steps):
+        return plan
+    return Plan.build(global_steps, route_steps, plan.route_plugins)
 
 
 def _replace_head(reply: Reply, status: int, headers: list[tuple[str, str]]) -> None:
@@ -663,7 +889,8 @@ def _replace_head(reply: Reply, status: int, headers: list[tuple[str, str]]) -> 
     if 100 <= status <= 999:
         reply.status = status
     length = [(n, v) for n, v in reply.headers if n.lower() == "content-length"]
-    reply.headers = [*plugin_headers(headers), *length[:1]]
+    # A reply's own headers are well-formed (parsed from the upstream, or the gateway's).
+    reply.headers = [*plugin_headers(headers, set(reply.headers)), *length[:1]]
 
 
 def _filter_body(reply: Reply, run: Execution) -> None:

@@ -5,12 +5,11 @@ choice, retries, timeouts, and the error pages of the gateway.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
@@ -18,7 +17,6 @@ from aiohttp import StreamReader
 
 from .. import __version__
 from .request import RequestInfo
-from .router import IpSet
 from .upstream import (
     ClosedEarly,
     ConnectFailed,
@@ -66,6 +64,10 @@ FRAMING = frozenset(
     )
 )
 """Headers the gateway owns: plugins cannot set or remove them (smuggling)."""
+
+_NOT_RELAYED = HOP_BY_HOP | {"server"}
+_NOT_RELAYED_FRAMED = _NOT_RELAYED | {"content-length"}
+_DEFAULT_TIMEOUTS = Timeouts()
 
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -129,12 +131,18 @@ def plugin_reply(status: int, headers: list[tuple[str, str]], body: bytes) -> Re
     return full(status if 100 <= status <= 999 else 500, kept, body)
 
 
-def plugin_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Response headers from plugins, without those framing the message (Host excepted)."""
+def plugin_headers(
+    headers: list[tuple[str, str]], valid: Collection[tuple[str, str]] = ()
+) -> list[tuple[str, str]]:
+    """Response headers from plugins, without those framing the message (Host excepted).
+
+    ``valid``: pairs known to be well-formed (a reply's own), not checked again.
+    """
     return [
         (n, v)
         for n, v in headers
-        if _valid_header(n, v) and (n.lower() not in FRAMING or n.lower() == "host")
+        if ((n, v) in valid or _valid_header(n, v))
+        and (n.lower() not in FRAMING or n.lower() == "host")
     ]
 
 
@@ -150,15 +158,6 @@ class HeaderList:
 
     def __init__(self, items: list[tuple[str, str]]) -> None:
         self.items = items
-
-    def first(self, name: str) -> str | None:
-        for n, v in self.items:
-            if n == name:
-                return v
-        return None
-
-    def has(self, name: str) -> bool:
-        return any(n == name for n, _ in self.items)
 
     def remove(self, name: str) -> None:
         self.items = [(n, v) for n, v in self.items if n != name]
@@ -177,20 +176,6 @@ class HeaderList:
         if not done:
             out.append((name, value))
         self.items = out
-
-
-def strip_hop_by_hop(headers: HeaderList) -> None:
-    """Remove hop-by-hop headers and every header the Connection header names."""
-    named = [
-        t.strip().lower()
-        for n, v in headers.items
-        if n == "connection"
-        for t in v.split(",")
-        if t.strip()
-    ]
-    drop = (set(named) - {"host"}) | HOP_BY_HOP
-    if any(n in drop for n, _ in headers.items):
-        headers.items = [(n, v) for n, v in headers.items if n not in drop]
 
 
 @dataclass
@@ -296,6 +281,14 @@ class RequestBody:
         return self.buffered is not None
 
 
+def _no_expect() -> None:
+    pass
+
+
+NO_BODY = RequestBody(None, _no_expect)
+"""The body of every request without one (shared: nothing in it changes)."""
+
+
 # -- forwarding -------------------------------------------------------------------------
 
 
@@ -319,30 +312,64 @@ class Forward:
     """The Host the client sent (or the plugins' ``ctx.host``); used by ``pass_host: pass``."""
 
 
-def prepare_head(info: RequestInfo, headers: HeaderList, fwd: Forward, trusted: IpSet) -> None:
+_DROPPED = HOP_BY_HOP | {"proxy-authorization", "expect"}
+"""Never sent upstream (the gateway answers ``Expect: 100-continue`` itself)."""
+_KEPT_FROM_TRUSTED = ("x-forwarded-proto", "x-forwarded-host", "x-forwarded-port")
+
+
+def prepare_head(info: RequestInfo, fwd: Forward) -> list[tuple[str, str]]:
     """The client's headers → the upstream's (X-Forwarded-*, X-Real-IP, hop-by-hop)."""
+    items = info.headers
+    drop: frozenset[str] | set[str] = _DROPPED
+    named = [
+        t.strip().lower() for n, v in items if n == "connection" for t in v.split(",") if t.strip()
+    ]
+    if named:  # and every header the Connection header names
+        drop = (set(named) - {"host"}) | _DROPPED
+    kept = [(n, v) for n, v in items if n not in drop]
+    trusted_peer = info.peer_trusted
     peer_ip = info.peer[0]
-    trusted_peer = bool(trusted) and trusted.matches(ipaddress.ip_address(peer_ip))
-    strip_hop_by_hop(headers)
-    headers.remove("proxy-authorization")
-    headers.remove("expect")  # the gateway answers 100-continue itself
-    prev = headers.first("x-forwarded-for")
-    xff = f"{prev}, {peer_ip}" if trusted_peer and prev is not None else peer_ip
-    headers.set("x-forwarded-for", xff)
-    headers.set("x-real-ip", str(info.client))
+    # name → value replacing every value of name (None: removed), appended when absent
+    sets: dict[str, str | None] = {}
+    prev = _first(kept, "x-forwarded-for") if trusted_peer else None
+    sets["x-forwarded-for"] = f"{prev}, {peer_ip}" if prev is not None else peer_ip
+    sets["x-real-ip"] = info.client_ip
+    present = {n for n, _ in kept} if trusted_peer else ()
+    proto, host, port = _KEPT_FROM_TRUSTED
+    if proto not in present:
+        sets[proto] = "http"
+    if host not in present:
+        sets[host] = fwd.client_host
+    if port not in present:
+        sets[port] = str(info.local[1])
+    return _with_set(kept, sets)
 
-    def keep(name: str) -> bool:
-        return trusted_peer and headers.has(name)
 
-    if not keep("x-forwarded-proto"):
-        headers.set("x-forwarded-proto", "http")
-    if not keep("x-forwarded-host"):
-        if fwd.client_host is not None:
-            headers.set("x-forwarded-host", fwd.client_host)
+def _first(items: list[tuple[str, str]], name: str) -> str | None:
+    for n, v in items:
+        if n == name:
+            return v
+    return None
+
+
+def _with_set(items: list[tuple[str, str]], sets: dict[str, str | None]) -> list[tuple[str, str]]:
+    """``HeaderList.set`` (or ``remove``, for None) of every entry of ``sets``, in one pass."""
+    out: list[tuple[str, str]] = []
+    done: set[str] = set()
+    for n, v in items:
+        if n in sets:
+            if n in done:
+                continue
+            done.add(n)
+            value = sets[n]
+            if value is not None:
+                out.append((n, value))
         else:
-            headers.remove("x-forwarded-host")
-    if not keep("x-forwarded-port"):
-        headers.set("x-forwarded-port", str(info.local[1]))
+            out.append((n, v))
+    for n, value in sets.items():
+        if value is not None and n not in done:
+            out.append((n, value))
+    return out
 
 
 def _host_for(up: Upstream, node: Node, client_host: str | None) -> str:
@@ -357,7 +384,6 @@ async def forward(
     info: RequestInfo,
     fwd: Forward,
     body: RequestBody,
-    trusted: IpSet,
     changes: Changes | None,
 ) -> Reply:
     """Send the request to a node of its upstream (retrying as nginx does); the reply."""
@@ -368,15 +394,16 @@ async def forward(
     if up.balancer.is_empty():
         log.warning("route %s: upstream %s has no node", fwd.route_id, up.key)
         return html_error(502)
-    timeouts = fwd.timeout or up.timeouts or Timeouts()
-    headers = HeaderList(list(info.headers))
+    timeouts = fwd.timeout or up.timeouts or _DEFAULT_TIMEOUTS
     # Framing follows the client's own request, whatever plugins do to headers.
-    chunked = body.exists and not headers.has("content-length")
-    prepare_head(info, headers, fwd, trusted)
+    chunked = body.exists and info.header("content-length") is None
+    items = prepare_head(info, fwd)
     method = info.method
     target = info.request_uri
     if changes is not None:
+        headers = HeaderList(items)
         apply_header_changes(headers, changes)
+        items = headers.items
         if changes.method is not None and _TOKEN.match(changes.method):
             method = changes.method
         if changes.uri is not None:
@@ -390,9 +417,9 @@ async def forward(
             break
         tried.append(idx)
         node = up.nodes[idx]
-        headers.set("host", _host_for(up, node, fwd.client_host))
+        host = _host_for(up, node, fwd.client_host)
         try:
-            head, conn = await _exchange(node, method, target, headers, chunked, body, timeouts)
+            head, conn = await _exchange(node, method, target, items, host, chunked, body, timeouts)
         except Failure as failure:
             log.warning(
                 "route %s: upstream %s node %s:%s: %s",
@@ -418,14 +445,15 @@ async def _exchange(
     node: Node,
     method: str,
     target: str,
-    headers: HeaderList,
+    headers: list[tuple[str, str]],
+    host: str,
     chunked: bool,
     body: RequestBody,
     timeouts: Timeouts,
 ) -> tuple[ResponseHead, UpstreamConn]:
     """One try against one node; a stale pooled connection is retried once on a new one."""
     fresh_only = False
-    head_bytes = _head(method, target, headers.items, chunked)
+    head_bytes = _head(method, target, headers, host, chunked)
     while True:
         conn = None if fresh_only else node.pool.checkout()
         if conn is None:
@@ -474,9 +502,21 @@ def _frame(data: bytes, chunked: bool) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data) if chunked else data
 
 
-def _head(method: str, target: str, headers: list[tuple[str, str]], chunked: bool) -> bytes:
+def _head(
+    method: str, target: str, headers: list[tuple[str, str]], host: str, chunked: bool
+) -> bytes:
+    """The request head; ``host`` replaces the Host header (at its place) or is appended."""
     lines = [f"{method} {target} HTTP/1.1"]
-    lines.extend(f"{n}: {v}" for n, v in headers)
+    seen_host = False
+    for n, v in headers:
+        if n == "host":
+            if seen_host:
+                continue
+            seen_host = True
+            v = host
+        lines.append(f"{n}: {v}")
+    if not seen_host:
+        lines.append(f"host: {host}")
     if chunked:
         lines.append("transfer-encoding: chunked")
     lines.append("\r\n")
@@ -484,30 +524,34 @@ def _head(method: str, target: str, headers: list[tuple[str, str]], chunked: boo
 
 
 def _respond(head: ResponseHead, conn: UpstreamConn, node: Node, timeouts: Timeouts) -> Reply:
-    headers = [(n, v) for n, v in head.headers if n not in HOP_BY_HOP and n != "server"]
+    framing = head.framing
     length: int | None = None
-    if head.framing == "length":
-        # One canonical value, never an upstream's list such as "2, 2".
-        length = head.length
-        headers = [(n, v) for n, v in headers if n != "content-length"]
-        headers.append(("content-length", str(length)))
-    elif head.framing == "empty":
+    if framing == "empty":
+        headers = [(n, v) for n, v in head.headers if n not in _NOT_RELAYED]
         cl = next((v for n, v in headers if n == "content-length"), None)
         first = cl.split(",")[0].strip() if cl is not None else ""
         if first.isdigit():
             length = int(first)
         else:
             headers = [(n, v) for n, v in headers if n != "content-length"]
-    else:  # chunked / close: the client gets it chunked
-        headers = [(n, v) for n, v in headers if n != "content-length"]
+    else:
+        # length: one canonical value, never an upstream's list such as "2, 2";
+        # chunked / close: the client gets it chunked.
+        headers = [(n, v) for n, v in head.headers if n not in _NOT_RELAYED_FRAMED]
+        if framing == "length":
+            length = head.length
+            headers.append(("content-length", str(length)))
     headers.append(("server", SERVER))
     if head.status >= 500:
         headers.append(("x-apisix-upstream-status", str(head.status)))
     conn.served += 1
-    reply = Reply(head.status, headers, b"", length)
-    if head.framing == "empty":
+    if framing == "empty":
         _release(conn, node, head.reusable)
-        return reply
+        return Reply(head.status, headers, b"", length)
+    whole = conn.buffered_body(head)
+    if whole is not None:  # the common small response: no stream to drive
+        _release(conn, node, head.reusable)
+        return Reply(head.status, headers, whole, length)
 
     async def stream() -> AsyncIterator[tuple[bytes, bool]]:
         ok = False
@@ -521,8 +565,7 @@ def _respond(head: ResponseHead, conn: UpstreamConn, node: Node, timeouts: Timeo
             else:
                 conn.abort()
 
-    reply.body = stream()
-    return reply
+    return Reply(head.status, headers, stream(), length)
 
 
 def _release(conn: UpstreamConn, node: Node, reusable: bool) -> None:

@@ -5,13 +5,14 @@ the canonical path, the host, the client address and APISIX's request variables.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Sequence
 
 from .router import Address, IpSet
 
 __all__ = ["BadRequest", "RequestInfo", "client_addr", "normalize_path", "split_target"]
 
-_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._[]:")
+_HOST_CHARS = re.compile(r"[a-zA-Z0-9\-._\[\]:]*")
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 
@@ -41,7 +42,7 @@ def _strip_port(raw: str) -> str:
             host = name
         else:
             host = raw
-    if not all(c in _HOST_CHARS for c in host):
+    if _HOST_CHARS.fullmatch(host) is None:
         raise BadRequest("host")
     return host
 
@@ -167,12 +168,14 @@ class RequestInfo:
 
     __slots__ = (
         "client",
+        "client_ip",
         "headers",
         "host",
         "local",
         "method",
         "path",
         "peer",
+        "peer_trusted",
         "query",
         "request_uri",
         "version",
@@ -191,6 +194,8 @@ class RequestInfo:
         peer: tuple[str, int],
         local: tuple[str, int],
         version: str,
+        client_ip: str | None = None,
+        peer_trusted: bool = False,
     ) -> None:
         self.method = method
         self.request_uri = request_uri
@@ -201,7 +206,11 @@ class RequestInfo:
         self.path = path
         self.query = query
         self.client = client
+        self.client_ip = str(client) if client_ip is None else client_ip
+        """``str(client)``."""
         self.peer = peer
+        self.peer_trusted = peer_trusted
+        """Whether the peer is one of the trusted addresses (its X-Forwarded-* are kept)."""
         self.local = local
         self.version = version
 
@@ -251,7 +260,7 @@ class RequestInfo:
         if name == "is_args":
             return "?" if self.query is not None else ""
         if name == "remote_addr":
-            return str(self.client)
+            return self.client_ip
         if name == "remote_port":
             return str(self.peer[1])
         if name == "realip_remote_addr":

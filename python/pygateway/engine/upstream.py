@@ -16,7 +16,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 __all__ = [
     "Balancer",
@@ -45,6 +45,8 @@ _STATUS_LINE = re.compile(rb"^HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?$")
 _HOP_BY_HOP = frozenset(
     ("keep-alive", "proxy-connection", "te", "upgrade", "trailer", "proxy-authenticate")
 )
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+"""A control character (other than HTAB) in a header value."""
 
 
 @dataclass(frozen=True)
@@ -112,8 +114,8 @@ class _Protocol(asyncio.Protocol):
         self._paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -147,10 +149,13 @@ class _Protocol(asyncio.Protocol):
     async def wait_data(self, timeout: float) -> None:
         """Until more bytes, EOF or an error (TimeoutError after ``timeout``)."""
         loop = asyncio.get_running_loop()
-        self._waiter = loop.create_future()
+        waiter = self._waiter = loop.create_future()
+        # A plain timer, not wait_for: this runs once per upstream read.
+        timer = loop.call_later(timeout, _expire, waiter)
         try:
-            await asyncio.wait_for(self._waiter, timeout)
+            await waiter
         finally:
+            timer.cancel()
             self._waiter = None
 
     async def drain(self, timeout: float) -> None:
@@ -165,6 +170,11 @@ class _Protocol(asyncio.Protocol):
             await asyncio.wait_for(self._drain, timeout)
         finally:
             self._drain = None
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(asyncio.TimeoutError())
 
 
 @dataclass
@@ -212,7 +222,8 @@ class UpstreamConn:
         if self.transport.is_closing():
             raise ConnectionResetError("connection closed")
         self.transport.write(data)
-        await self.proto.drain(timeout)
+        if p._paused or p.error is not None or self.transport.is_closing():
+            await p.drain(timeout)
 
     async def _more(self, timeout: float) -> bool:
         """Wait for bytes; False at EOF. Raises the connection's error (reset)."""
@@ -287,7 +298,7 @@ class UpstreamConn:
             if not colon or not _TOKEN.match(name):
                 raise Malformed("invalid header name")
             value = value.strip(b" \t")
-            if any((c < 0x20 and c != 0x09) or c == 0x7F for c in value):
+            if _BAD_VALUE.search(value):
                 raise Malformed("invalid header value")
             lname = name.decode("ascii").lower()
             text = value.decode("latin-1")
@@ -307,6 +318,15 @@ class UpstreamConn:
             named = set(tokens)
             headers = [(n, v) for n, v in headers if n not in named]
         return ResponseHead(status, headers, framing, length, reusable)
+
+    def buffered_body(self, head: ResponseHead) -> bytes | None:
+        """The whole body of a ``length`` response when it has already arrived (else None)."""
+        buf = self.proto.buf
+        if head.framing != "length" or len(buf) < head.length:
+            return None
+        data = bytes(buf[: head.length])
+        del buf[: head.length]
+        return data
 
     async def body(self, head: ResponseHead, timeout: float) -> AsyncIterator[tuple[bytes, bool]]:
         """The response body as (data, is_last) pieces; ``timeout`` bounds each read.
@@ -528,9 +548,13 @@ class Balancer:
     def pick(self, tried: Sequence[int]) -> int | None:
         """The next node not in ``tried``, highest priority group first."""
         for group in self.groups:
+            n = len(group.schedule)
+            if not tried:  # a first try: the group's next node
+                node = group.schedule[group.cursor % n]
+                group.cursor += 1
+                return node
             if all(m in tried for m in group.members):
                 continue
-            n = len(group.schedule)
             for _ in range(n):
                 at = group.cursor % n
                 group.cursor += 1

@@ -6,6 +6,7 @@ the python engine's implementation (local counters, or Redis through ``_redis``)
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
 from typing import Any, ClassVar
 
 from pygateway.ctx import Ctx
@@ -25,6 +26,8 @@ from ._limit import (
 )
 
 _HEADERS = "limit-count.headers"
+Window = tuple[bool, int, float]
+"""A counter's state after a request: (allowed, remaining, seconds to reset)."""
 _AMOUNT = {"oneOf": [{"type": "integer", "exclusiveMinimum": 0}, {"type": "string"}]}
 
 
@@ -89,13 +92,62 @@ class LimitCount(Plugin):
             return "sync_interval should be at least 0.1 and less than time_window"
         return check_policy(conf)
 
+    def sync_variant(self, phase: str, conf: dict[str, Any]) -> Callable[..., Any] | None:
+        """The local policy counts without waiting: its ``access`` needs no coroutine (the
+        python engine runs it inline; the Redis policies stay ``async``)."""
+        if phase == "access" and compiled(conf).target is None:
+            return self.access_local
+        return None
+
     async def access(self, conf: dict[str, Any], ctx: Ctx) -> Response | None:
-        ident = conf_ident(self.name, ctx, conf)
         target = compiled(conf).target
-        sliding = conf.get("window_type") == "sliding"
-        rules = conf.get("rules") or [
+        if target is None:
+            return self.access_local(conf, ctx)
+        window_of = (
+            _redis.count_sliding if conf.get("window_type") == "sliding" else _redis.count_fixed
+        )
+        decision = self._decide(conf, ctx)
+        try:
+            key, count, window = next(decision)
+            while True:
+                state: Window | None
+                try:
+                    state = await window_of(target, key, count, window)
+                except _redis.StoreError as err:
+                    ctx.log.error("limit-count: %s", err)
+                    if not conf.get("allow_degradation"):
+                        decision.close()
+                        return failed("count")
+                    state = None
+                key, count, window = decision.send(state)
+        except StopIteration as done:
+            result: Response | None = done.value
+            return result
+
+    def access_local(self, conf: dict[str, Any], ctx: Ctx) -> Response | None:
+        """``access`` with the local policy's counters."""
+        store = counters(self)
+        decision = self._decide(conf, ctx)
+        try:
+            request = next(decision)
+            while True:
+                request = decision.send(store.count(*request))
+        except StopIteration as done:
+            result: Response | None = done.value
+            return result
+
+    def _decide(
+        self, conf: dict[str, Any], ctx: Ctx
+    ) -> Generator[tuple[str, int, float], Window | None, Response | None]:
+        """The decision for one request, whatever the store: yields each counter to take
+        (key, count, window) and is sent its state (None: not counted, degraded)."""
+        ident = conf_ident(self.name, ctx, conf)
+        explicit = conf.get("rules")
+        rules = explicit or [
             {"count": conf["count"], "time_window": conf["time_window"], "key": conf.get("key")}
         ]
+        key_type = conf.get("key_type", "var")
+        show = conf.get("show_limit_quota_header", True)
         headers: list[tuple[str, str]] = []
         rejected = False
         for i, rule in enumerate(rules):
@@ -103,25 +155,15 @@ class LimitCount(Plugin):
             window = resolve_amount(ctx, rule["time_window"])
             if count is None or window is None:
                 return failed("count")
-            key = resolve_key(ctx, rule.get("key") or "remote_addr", conf.get("key_type", "var"))
+            key = resolve_key(ctx, rule.get("key") or "remote_addr", key_type)
             scope = f"{ident}:{i}" if len(rules) > 1 else ident
-            if target is None:
-                state = counters(self).count(f"{scope}:{key}", int(count), window)
-            else:
-                window_of = _redis.count_sliding if sliding else _redis.count_fixed
-                try:
-                    state = await window_of(target, f"{scope}:{key}", int(count), window)
-                except _redis.StoreError as err:
-                    ctx.log.error("limit-count: %s", err)
-                    if not conf.get("allow_degradation"):
-                        return failed("count")
-                    continue
+            state = yield f"{scope}:{key}", int(count), window
+            if state is None:
+                continue
             allowed, remaining, reset = state
             rejected |= not allowed
-            if conf.get("show_limit_quota_header", True):
-                prefix = None
-                if conf.get("rules"):
-                    prefix = rule.get("header_prefix") or str(i + 1)
+            if show:
+                prefix = (rule.get("header_prefix") or str(i + 1)) if explicit else None
                 headers += _quota(ctx, prefix, int(count), remaining, reset)
         if rejected:
             return rejection(conf, headers)
