@@ -29,25 +29,27 @@ POLICIES = ("local", "redis", "redis-cluster")
 
 KEY_TYPES = ("var", "var_combination", "constant")
 
+# No defaults here: APISIX only fills the redis fields of the policy in use (if/then),
+# and the data planes read them with their defaults (rust/limit, _redis.py).
 REDIS_PROPERTIES: dict[str, Any] = {
     "redis_host": {"type": "string", "minLength": 2},
-    "redis_port": {"type": "integer", "minimum": 1, "default": 6379},
+    "redis_port": {"type": "integer", "minimum": 1},
     "redis_username": {"type": "string", "minLength": 1},
     "redis_password": {"type": "string", "minLength": 0},
-    "redis_database": {"type": "integer", "minimum": 0, "default": 0},
-    "redis_timeout": {"type": "integer", "minimum": 1, "default": 1000},
-    "redis_ssl": {"type": "boolean", "default": False},
-    "redis_ssl_verify": {"type": "boolean", "default": False},
+    "redis_database": {"type": "integer", "minimum": 0},
+    "redis_timeout": {"type": "integer", "minimum": 1},
+    "redis_ssl": {"type": "boolean"},
+    "redis_ssl_verify": {"type": "boolean"},
     "redis_cluster_nodes": {
         "type": "array",
         "minItems": 1,
         "items": {"type": "string", "minLength": 2, "maxLength": 100},
     },
     "redis_cluster_name": {"type": "string"},
-    "redis_cluster_ssl": {"type": "boolean", "default": False},
-    "redis_cluster_ssl_verify": {"type": "boolean", "default": False},
-    "redis_keepalive_timeout": {"type": "integer", "minimum": 1000, "default": 10000},
-    "redis_keepalive_pool": {"type": "integer", "minimum": 1, "default": 100},
+    "redis_cluster_ssl": {"type": "boolean"},
+    "redis_cluster_ssl_verify": {"type": "boolean"},
+    "redis_keepalive_timeout": {"type": "integer", "minimum": 1000},
+    "redis_keepalive_pool": {"type": "integer", "minimum": 1},
 }
 
 COMMON_PROPERTIES: dict[str, Any] = {
