@@ -48,9 +48,13 @@ class RedisServer:
     """One redis-server; ``stop()`` kills it (data is not persisted), ``start()`` again
     brings it back on the same port."""
 
-    def __init__(self, port: int | None = None, *, cluster: bool = False) -> None:
+    def __init__(
+        self, port: int | None = None, *, cluster: bool = False, tls: bool = False
+    ) -> None:
         self.port = port or (_cluster_port() if cluster else free_port())
         self.cluster = cluster
+        self.tls = tls
+        """Serve TLS only (a self-signed certificate made with openssl; clients not checked)."""
         self.dir = tempfile.mkdtemp(prefix="pygw-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -66,13 +70,32 @@ class RedisServer:
         ]  # fmt: skip
         if self.cluster:
             args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        if self.tls:
+            cert, key = f"{self.dir}/cert.pem", f"{self.dir}/key.pem"
+            if not Path(cert).exists():
+                subprocess.run(
+                    ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                     "-out", cert, "-days", "2", "-subj", "/CN=localhost"],
+                    capture_output=True, timeout=60, check=True,
+                )  # fmt: skip
+            args[args.index("--port") + 1] = "0"
+            args += ["--tls-port", str(self.port), "--tls-cert-file", cert, "--tls-key-file", key]
+            args += ["--tls-ca-cert-file", cert, "--tls-auth-clients", "no"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         end = time.monotonic() + 10
-        while not _ping(self.port):
+        while not self._ready():
             if time.monotonic() > end or self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server did not start on port {self.port}")
             time.sleep(0.05)
         return self
+
+    def _ready(self) -> bool:
+        if not self.tls:
+            return _ping(self.port)
+        try:
+            return self.cli("ping") == "PONG"
+        except subprocess.SubprocessError:
+            return False
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -85,8 +108,9 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def cli(self, *args: str) -> str:
+        tls = ["--tls", "--insecure"] if self.tls else []
         out = subprocess.run(
-            [REDIS_CLI, "-p", str(self.port), *args],
+            [REDIS_CLI, "-p", str(self.port), *tls, *args],
             capture_output=True,
             text=True,
             timeout=20,

@@ -486,6 +486,22 @@ def test_conf_hash_is_the_native_engines() -> None:
 
 
 @needs_redis
+def test_redis_over_tls(engine: str, gateway: Make, origin: Origin) -> None:
+    r = redis_server.RedisServer(tls=True).start()
+    try:
+        plugins = lc(count=2, key="tls", key_type="constant", redis_ssl=True, **_redis_conf(r))
+        gw = gateway({"routes": [route("/a", origin.addr, plugins=plugins)]})
+        assert statuses(gw, "/a", 3) == [200, 200, 503]
+        assert [k for k in r.cli("--scan", "--pattern", "*tls*").split() if k], "counted in redis"
+        # Without TLS the same server cannot be used: the limiter fails (no degradation).
+        plain = lc(count=2, key="tls2", key_type="constant", redis_timeout=300, **_redis_conf(r))
+        gw2 = gateway({"routes": [route("/b", origin.addr, plugins=plain)]})
+        assert request(gw2.url, "/b").status == 500
+    finally:
+        r.cleanup()
+
+
+@needs_redis
 def test_redis_repairs_a_key_without_ttl(
     engine: str, gateway: Make, origin: Origin, redis: redis_server.RedisServer
 ) -> None:

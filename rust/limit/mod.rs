@@ -230,7 +230,13 @@ struct PolicyConf {
     #[serde(default)]
     redis_ssl: bool,
     #[serde(default)]
+    redis_ssl_verify: bool,
+    #[serde(default)]
     redis_cluster_nodes: Vec<String>,
+    #[serde(default)]
+    redis_cluster_ssl: bool,
+    #[serde(default)]
+    redis_cluster_ssl_verify: bool,
     #[serde(default)]
     allow_degradation: bool,
 }
@@ -289,7 +295,6 @@ impl PolicyConf {
         let timeout = Duration::from_secs_f64((self.redis_timeout / 1000.0).max(0.001));
         match self.policy.as_str() {
             "local" => Ok(Policy::Local),
-            _ if self.redis_ssl => Err("redis_ssl is not supported yet".into()),
             "redis" => {
                 let host = self
                     .redis_host
@@ -300,8 +305,15 @@ impl PolicyConf {
                 } else {
                     host.to_owned()
                 };
+                // TLS: `rediss`; without `redis_ssl_verify` (APISIX's default) the server's
+                // certificate is not checked.
+                let (scheme, fragment) = match (self.redis_ssl, self.redis_ssl_verify) {
+                    (false, _) => ("redis", ""),
+                    (true, true) => ("rediss", ""),
+                    (true, false) => ("rediss", "#insecure"),
+                };
                 let url = format!(
-                    "redis://{}{host}:{}/{}",
+                    "{scheme}://{}{host}:{}/{}{fragment}",
                     userinfo(&self.redis_username, &self.redis_password),
                     self.redis_port,
                     self.redis_database
@@ -320,8 +332,13 @@ impl PolicyConf {
                     .iter()
                     .map(|n| format!("redis://{n}"))
                     .collect();
+                let tls = match (self.redis_cluster_ssl, self.redis_cluster_ssl_verify) {
+                    (false, _) => None,
+                    (true, true) => Some(true),
+                    (true, false) => Some(false),
+                };
                 Ok(Policy::Redis(Arc::new(Backend::new(
-                    Target::Cluster(nodes, self.redis_password.clone()),
+                    Target::Cluster(nodes, self.redis_password.clone(), tls),
                     timeout,
                 ))))
             }

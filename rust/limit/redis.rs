@@ -25,8 +25,9 @@ const RECONNECT_BACKOFF: Duration = Duration::from_millis(200);
 pub enum Target {
     /// One server: `redis://[:password@]host:port/db`.
     Single(String),
-    /// A cluster, from its seed nodes (`redis://host:port`), with an optional password.
-    Cluster(Vec<String>, Option<String>),
+    /// A cluster, from its seed nodes (`redis://host:port`), with an optional password and
+    /// TLS (`Some(verify the certificates)`).
+    Cluster(Vec<String>, Option<String>, Option<bool>),
 }
 
 /// A Redis target with the plugin's timeout.
@@ -69,7 +70,17 @@ thread_local! {
         RefCell::new(HashMap::new());
 }
 
+/// rustls needs its crypto chosen once per process (TLS to Redis: `redis_ssl`).
+fn crypto() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err only when another part of the process installed one first: that one serves.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 async fn connect(b: &Backend) -> RedisResult<Conn> {
+    crypto();
     match &b.target {
         Target::Single(url) => {
             let client = Client::open(url.as_str())?;
@@ -82,12 +93,19 @@ async fn connect(b: &Backend) -> RedisResult<Conn> {
                     .await?,
             ))
         }
-        Target::Cluster(nodes, password) => {
+        Target::Cluster(nodes, password, tls) => {
             let mut builder = redis::cluster::ClusterClient::builder(nodes.clone())
                 .connection_timeout(b.timeout)
                 .response_timeout(b.timeout);
             if let Some(p) = password {
                 builder = builder.password(p.clone());
+            }
+            if let Some(verify) = tls {
+                builder = builder.tls(if *verify {
+                    redis::TlsMode::Secure
+                } else {
+                    redis::TlsMode::Insecure
+                });
             }
             Ok(Conn::Cluster(
                 builder.build()?.get_async_connection().await?,

@@ -97,8 +97,6 @@ def check_policy(conf: dict[str, Any]) -> str | None:
             return 'property "redis_cluster_nodes" is required'
         if not conf.get("redis_cluster_name"):
             return 'property "redis_cluster_name" is required'
-    if policy != "local" and (conf.get("redis_ssl") or conf.get("redis_cluster_ssl")):
-        return "redis_ssl is not supported by pygateway yet"
     return None
 
 

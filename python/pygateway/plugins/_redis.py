@@ -68,6 +68,8 @@ class Target:
     nodes: tuple[str, ...]
     """``redis_cluster_nodes`` (``host:port``); empty for one server."""
     timeout: float
+    tls: bool | None = None
+    """TLS: None (off), False (no certificate check: APISIX's default), True (checked)."""
 
     @classmethod
     def of(cls, conf: dict[str, Any]) -> Target | None:
@@ -79,7 +81,12 @@ class Target:
         password = conf.get("redis_password") or None
         if policy == "redis-cluster":
             nodes = tuple(conf.get("redis_cluster_nodes") or ())
-            return cls("", 0, None, password, 0, nodes, timeout)
+            tls = (
+                bool(conf.get("redis_cluster_ssl_verify"))
+                if conf.get("redis_cluster_ssl")
+                else None
+            )
+            return cls("", 0, None, password, 0, nodes, timeout, tls)
         return cls(
             str(conf.get("redis_host") or ""),
             int(conf.get("redis_port", 6379)),
@@ -88,6 +95,7 @@ class Target:
             int(conf.get("redis_database", 0)),
             (),
             timeout,
+            bool(conf.get("redis_ssl_verify")) if conf.get("redis_ssl") else None,
         )
 
     def client(self) -> Client:
@@ -103,6 +111,10 @@ class Target:
             "socket_connect_timeout": self.timeout,
             "retry": Retry(NoBackoff(), 0),  # our own backoff decides when to retry
         }
+        if self.tls is not None:
+            common["ssl"] = True
+            common["ssl_cert_reqs"] = "required" if self.tls else "none"
+            common["ssl_check_hostname"] = self.tls
         if self.nodes:
             seeds = []
             for node in self.nodes:
