@@ -104,12 +104,6 @@ def _run(args: argparse.Namespace) -> int:
     )
     gw = Gateway(node=node)
     gw.start()
-    # What exists now (modules, plugins, config) lives as long as the process: the collector
-    # need not scan it again; and a larger first generation collects less often (request
-    # objects are freed by reference counting, only cycles wait for a collection).
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 20)
     count = len(gw.config.items_of("routes")) if gw.config else 0
     if node.engine == "python":
         print(f"pygateway {__version__} (python engine, one asyncio event loop)")
@@ -123,6 +117,12 @@ def _run(args: argparse.Namespace) -> int:
     elif node.routes is None:
         print(f"try: curl -i http://{gw.addresses[0]}/hello")
     sys.stdout.flush()
+    # What exists now (modules, plugins, config) lives as long as the process: the collector
+    # need not scan it again (freeze is a list splice, no collection before the signal
+    # handlers are in place); a larger first generation collects less often (request objects
+    # are freed by reference counting, only cycles wait for a collection).
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
     gw.serve_forever()
     return 0
 

@@ -136,35 +136,17 @@ pub async fn handle(
     let mut answered = None;
     if phases & plugins::REQUEST != 0 {
         let stall = routed.route.timeout.unwrap_or_default().read;
-        let crossed = plugins::cross_request(
-            &state.bridge,
-            Phase::Request,
-            &request,
-            &mut body,
-            secs(stall),
-        )
-        .await;
-        match crossed {
-            Some(Outcome::Continue(c)) => {
+        match decide(&state, Phase::Request, &request, &mut body, stall).await {
+            Some(Decision::Proceed(c)) => {
                 debug = c.debug.clone();
                 changes = Some(c);
             }
-            Some(Outcome::Respond {
-                status,
-                headers,
-                body: payload,
-                debug: d,
-            }) => {
+            Some(Decision::Answer(resp, d)) => {
                 // A plugin answered; the response phases still run (APISIX: ngx.exit).
                 debug = d;
-                answered = Some(plugins::response(status, headers, payload));
+                answered = Some(resp);
             }
-            _ => {
-                return Ok(json_error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal error",
-                ))
-            }
+            None => return Ok(internal_error()),
         }
     }
     let mut admitted = None;
@@ -180,10 +162,7 @@ pub async fn handle(
                 ))),
                 Err(e) => {
                     log::error!("consumer limiters: {e}");
-                    return Ok(json_error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal error",
-                    ));
+                    return Ok(internal_error());
                 }
             },
             None => routed.route.limits.clone(),
@@ -227,36 +206,18 @@ pub async fn handle(
                 }
             } else {
                 let stall = routed.route.timeout.unwrap_or_default().read;
-                let crossed = plugins::cross_request(
-                    &state.bridge,
-                    Phase::Late,
-                    &request,
-                    &mut body,
-                    secs(stall),
-                )
-                .await;
-                match crossed {
-                    Some(Outcome::Continue(c)) => {
+                match decide(&state, Phase::Late, &request, &mut body, stall).await {
+                    Some(Decision::Proceed(c)) => {
                         debug = c.debug.clone();
                         // The late changes include the first crossing's (one ctx).
                         applied = false;
                         changes = Some(c);
                     }
-                    Some(Outcome::Respond {
-                        status,
-                        headers,
-                        body: payload,
-                        debug: d,
-                    }) => {
+                    Some(Decision::Answer(resp, d)) => {
                         debug = d;
-                        answered = Some(plugins::response(status, headers, payload));
+                        answered = Some(resp);
                     }
-                    _ => {
-                        return Ok(json_error(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "internal error",
-                        ))
-                    }
+                    None => return Ok(internal_error()),
                 }
             }
         }
@@ -293,12 +254,7 @@ pub async fn handle(
                 plugins::replace_head(&mut resp, status, headers);
                 debug = d.or(debug);
             }
-            _ => {
-                return Ok(json_error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal error",
-                ))
-            }
+            _ => return Ok(internal_error()),
         }
     }
     plugins::set_debug(&mut resp, debug.as_deref());
@@ -309,6 +265,38 @@ pub async fn handle(
         plugins::log_after(&state.bridge, &request, &mut resp);
     }
     Ok(resp)
+}
+
+/// What a request crossing decided: go on with these changes, or the plugins' answer.
+enum Decision {
+    Proceed(Changes),
+    Answer(Response<ResponseBody>, Option<String>),
+}
+
+async fn decide(
+    state: &State,
+    phase: Phase,
+    request: &Arc<crate::pipeline::RequestData>,
+    body: &mut RequestBody,
+    stall: f64,
+) -> Option<Decision> {
+    match plugins::cross_request(&state.bridge, phase, request, body, secs(stall)).await? {
+        Outcome::Continue(c) => Some(Decision::Proceed(c)),
+        Outcome::Respond {
+            status,
+            headers,
+            body: payload,
+            debug,
+        } => Some(Decision::Answer(
+            plugins::response(status, headers, payload),
+            debug,
+        )),
+        _ => None,
+    }
+}
+
+fn internal_error() -> Response<ResponseBody> {
+    json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
 }
 
 /// The variables a limiter key can name: the request's, plus the route's and consumer's.
