@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -898,17 +898,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_command(run_fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a benchmark command: signals stop every process started, errors are one line."""
     try:
         with handle_signals():
-            return run(args)
+            return run_fn(args)
     except BenchError as e:
         log(f"error: {e}")
         return 1
     except KeyboardInterrupt:
         log("interrupted; every process started was stopped")
         return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command(run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -432,16 +432,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        with bench.handle_signals():
-            return run(args)
-    except BenchError as e:
-        log(f"error: {e}")
-        return 1
-    except KeyboardInterrupt:
-        log("interrupted; every process started was stopped")
-        return 130
+    return bench.run_command(run, parse_args(argv))
 
 
 if __name__ == "__main__":
