@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -23,14 +24,20 @@ from .config import (
     full,
     load_standalone,
 )
-from .config.compile import CompileCache, change_set_json, is_empty
+from .config.compile import (
+    ChangeSet,
+    CompileCache,
+    change_set_json,
+    compile_route_into,
+    is_empty,
+)
 from .config.node import AdminSettings, admin_settings
 from .pipeline import NATIVE_LIMITER_PRIORITY, Pipeline
 from .plugin import PHASES, Plugin, PluginError, PluginRegistry, RegistryCatalog
 from .plugins._limit import limiter_specs
 from .runner import PluginRunner, PluginView
 from .store.base import Change, Store
-from .store.build import ConfigBuilder
+from .store.build import ConfigBuilder, parse_key
 from .store.yaml import WATCH_INTERVAL, StandaloneStore
 
 if TYPE_CHECKING:
@@ -105,10 +112,13 @@ class Gateway:
         self._plane: Any = None
         self._snapshot = Snapshot()
         self._config: Config | None = None
+        self._view: PluginView | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._dirty = threading.Condition()
         self._pending = False
+        self._changed: set[str] | None = set()
+        """Store keys changed since the last publication; None: rebuild everything."""
         self._publisher: threading.Thread | None = None
         self.addresses: list[str] = []
         """``HOST:PORT`` of each listener while running."""
@@ -205,6 +215,8 @@ class Gateway:
             store.start(self._on_standalone)
             return
         store.start(self._on_change)
+        with self._dirty:  # the build below reads everything the store announced so far
+            self._pending, self._changed = False, set()
         self._publish(self._build())
         self._publisher = threading.Thread(
             target=self._follow, name="pygateway-config-publish", daemon=True
@@ -224,6 +236,7 @@ class Gateway:
             self.plugins,
             enabled=self.node.plugins,
             reload_plugins=self.reload_plugins,
+            vouch=self._builder.vouch,
         )
         server = AdminServer(api, settings)
         try:
@@ -353,8 +366,12 @@ class Gateway:
         self._publish(self.store.config)
 
     def _on_change(self, changes: Sequence[Change], resync: bool) -> None:
-        """A store changed: wake the publisher (which rebuilds once per burst)."""
+        """A store changed: wake the publisher (which publishes once per burst)."""
         with self._dirty:
+            if resync or self._changed is None:
+                self._changed = None
+            else:
+                self._changed.update(c.key for c in changes)
             self._pending = True
             self._dirty.notify()
 
@@ -372,8 +389,10 @@ class Gateway:
             time.sleep(COALESCE)
             with self._dirty:
                 self._pending = False
+                changed, self._changed = self._changed, set()
             try:
-                self._publish(self._build())
+                if changed is None or not self._publish_routes(changed):
+                    self._publish(self._build())
             except Exception:
                 log.exception("the store's config could not be applied")
 
@@ -445,6 +464,22 @@ class Gateway:
             found += specs
         return found
 
+    def _route_plan(
+        self,
+        route: dict[str, Any],
+        config: Config,
+        global_rules: list[dict[str, Any]],
+        groups: dict[str, Any],
+    ) -> None:
+        """Add to a compiled route what this node runs for it: its phases and (native)
+        its limiters."""
+        limits = self._limits(route, config, groups)  # checks groups on both engines
+        route["phases"] = self._phases(
+            route.get("plugins") or {}, global_rules, self._native and bool(limits)
+        )
+        if self._native:
+            route["limits"] = limits
+
     def _publish(self, config: Config, force: bool = False) -> None:
         """Compile and send only what changed to the data plane."""
         with self._lock:
@@ -454,12 +489,7 @@ class Gateway:
             ]
             groups: dict[str, Any] = {}
             for route in snapshot.routes.values():
-                limits = self._limits(route, config, groups)  # checks groups on both engines
-                limited = self._native and bool(limits)
-                plugins = route.get("plugins") or {}
-                route["phases"] = self._phases(plugins, global_rules, limited)
-                if self._native:
-                    route["limits"] = limits
+                self._route_plan(route, config, global_rules, groups)
             view = PluginView(
                 routes=dict(snapshot.routes),
                 global_rules=global_rules,
@@ -469,19 +499,86 @@ class Gateway:
             self._pipeline.consumer_groups = {
                 k: dict(i.conf) for k, i in config.consumer_groups.items()
             }
-            if self._runner is not None:
-                self._runner.view = view
-            elif self._plane is not None:  # the python engine
-                self._plane.view = view
             first = not self._config or force
             changes = full(snapshot) if first else diff(self._snapshot, snapshot)
             metadata = {k: dict(i.conf) for k, i in config.plugin_metadata.items()}
             if first or metadata != self._sent_metadata:
                 changes["plugin_metadata"] = metadata  # type: ignore[assignment]
                 self._sent_metadata = metadata
-            if not is_empty(changes):
-                self._plane.apply(change_set_json(changes))
-            self._snapshot = snapshot
-            self._config = config
+            self._send(config, snapshot, view, changes)
+
+    def _publish_routes(self, keys: set[str]) -> bool:
+        """Publish a burst that changed routes only, touching those routes alone (a write
+        to a 10,000-route store costs what it costs with one route). False when the burst
+        needs the full path: other resources, or a limit-count ``group`` (a check across
+        routes)."""
+        store = self.store
+        if store is None or isinstance(store, StandaloneStore):
+            return False
+        ids: list[str] = []
+        for key in keys:
+            parts = parse_key(key)
+            if parts is None or parts[0] != "routes":
+                return False
+            ids.append(parts[1])
+        with self._lock:
+            old, current = self._snapshot, self._config
+            if current is None or any(_grouped(old.routes.get(i)) for i in ids):
+                return False
+            config = dataclasses.replace(current, routes=dict(current.routes), warnings=[])
+            for ident in ids:
+                key = f"routes/{ident}"
+                entry = store.get(key)
+                item = self._builder.item("routes", ident, entry, config) if entry else None
+                if item is None:
+                    config.routes.pop(ident, None)
+                    if entry is None:
+                        self._builder.forget(key)
+                else:
+                    config.routes[ident] = item
+            snapshot = Snapshot(routes=dict(old.routes), upstreams=dict(old.upstreams))
+            global_rules = [
+                dict(item.conf.get("plugins") or {}) for item in config.global_rules.values()
+            ]
+            for ident in ids:
+                snapshot.routes.pop(ident, None)
+                snapshot.upstreams.pop(f"routes/{ident}", None)
+                item = config.routes.get(ident)
+                if item is None:
+                    continue
+                compile_route_into(snapshot, item, config, self._compiled)
+                route = snapshot.routes.get(ident)
+                if route is not None:
+                    self._route_plan(route, config, global_rules, {})
+                    if _grouped(route):
+                        return False
+            view = self._view
+            assert view is not None
+            view = dataclasses.replace(view, routes=dict(snapshot.routes))
+            changes = diff(old, snapshot, ids, [f"routes/{i}" for i in ids])
+            self._send(config, snapshot, view, changes)
+        return True
+
+    def _send(
+        self, config: Config, snapshot: Snapshot, view: PluginView, changes: ChangeSet
+    ) -> None:
+        """Make a compiled config the current one: plugin view, then the data plane."""
+        self._view = view
+        if self._runner is not None:
+            self._runner.view = view
+        elif self._plane is not None:  # the python engine
+            self._plane.view = view
+        if not is_empty(changes):
+            self._plane.apply(change_set_json(changes))
+        self._snapshot = snapshot
+        self._config = config
         for warning in config.warnings:
             log.warning("config: %s", warning)
+
+
+def _grouped(route: Mapping[str, Any] | None) -> bool:
+    """Whether a compiled route has a limit-count with a ``group`` (shared across routes)."""
+    return route is not None and any(
+        spec["name"] == "limit-count" and spec["conf"].get("group")
+        for spec in route.get("limits") or ()
+    )

@@ -134,6 +134,7 @@ class AdminApi:
         *,
         enabled: list[str] | None = None,
         reload_plugins: Callable[[], None] | None = None,
+        vouch: Callable[[Entry], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -141,8 +142,11 @@ class AdminApi:
         self.registry = registry
         self.enabled = enabled
         self.reload_plugins = reload_plugins
+        self.vouch = vouch
+        """Told of each write that passed every check without a warning."""
         self.clock = clock
         self._write = threading.Lock()
+        self._warned = False  # by the last _check (writes are serialised by _write)
 
     # -- dispatch --------------------------------------------------------------------
 
@@ -252,9 +256,11 @@ class AdminApi:
             for name in TIME_FIELDS:
                 if name in conf:
                     return _error(400, f"the property is forbidden: {name}")
+        self._warned = False
         for problem in CHECKERS[kind.name](conf, self.catalog):
             if not problem.warning:
                 return _error(400, problem.message)
+            self._warned = True
         for res, fld, target, name in REFERENCES:
             if res != kind.name or conf.get(fld) is None:
                 continue
@@ -288,6 +294,13 @@ class AdminApi:
         created = previous.value.get("create_time") if previous is not None else None
         conf["create_time"] = created if isinstance(created, int) else now
         conf["update_time"] = now
+
+    def _store_put(self, key: str, conf: dict[str, Any]) -> tuple[Entry, bool]:
+        """Store a checked conf."""
+        entry, created = self.store.put(key, conf)
+        if self.vouch is not None and not self._warned:
+            self.vouch(entry)
+        return entry, created
 
     def _written(self, entry: Entry, created: bool) -> Reply:
         return (201 if created else 200), {"key": self._full_key(entry.key), "value": entry.value}
@@ -329,7 +342,7 @@ class AdminApi:
                 return bad
         key = self._key(kind, owner, ident)
         self._stamp(conf, self.store.get(key))
-        entry, created = self.store.put(key, conf)
+        entry, created = self._store_put(key, conf)
         return self._written(entry, created)
 
     def _post(self, kind: Kind, body: Any) -> Reply:
@@ -346,7 +359,7 @@ class AdminApi:
         ident = self.store.new_id()
         conf["id"] = ident
         self._stamp(conf, None)
-        entry, _ = self.store.put(self._key(kind, None, ident), conf)
+        entry, _ = self._store_put(self._key(kind, None, ident), conf)
         return 201, {"key": self._full_key(entry.key), "value": entry.value}
 
     # -- DELETE ----------------------------------------------------------------------
@@ -410,7 +423,7 @@ class AdminApi:
         bad = self._check(kind, key, conf, allow_time=True)
         if bad is not None:
             return bad
-        entry, _ = self.store.put(key, conf)
+        entry, _ = self._store_put(key, conf)
         return 200, {"key": self._full_key(entry.key), "value": entry.value}
 
     # -- plugins, schema, configs ----------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -26,6 +26,7 @@ __all__ = [
     "change_set_json",
     "compile_config",
     "compile_route",
+    "compile_route_into",
     "compile_upstream",
     "diff",
     "full",
@@ -229,26 +230,31 @@ def compile_config(config: Config, cache: CompileCache | None = None) -> Snapsho
             upstream = item.conf["upstream"]
             snap.upstreams[key] = memo.get(key, (item,), partial(compile_upstream, key, upstream))
     for item in config.routes.values():
-        if item.conf.get("status", 1) == 0:
-            continue
-        if isinstance(item.conf.get("upstream"), dict):
-            key = f"routes/{item.id}"
-            upstream = item.conf["upstream"]
-            snap.upstreams[key] = memo.get(key, (item,), partial(compile_upstream, key, upstream))
-        conf = item.conf
-        service = config.services.get(_sid(conf["service_id"])) if "service_id" in conf else None
-        plugin_config = (
-            config.plugin_configs.get(_sid(conf["plugin_config_id"]))
-            if "plugin_config_id" in conf
-            else None
-        )
-        snap.routes[item.id] = memo.get(
-            f"route:{item.id}",
-            (item, service, plugin_config),
-            partial(compile_route, item, config),
-        )
+        compile_route_into(snap, item, config, memo)
     memo.sweep()
     return snap
+
+
+def compile_route_into(snap: Snapshot, item: Item, config: Config, memo: CompileCache) -> None:
+    """Put a route (and its inline upstream) into ``snap``, or nothing for ``status: 0``."""
+    conf = item.conf
+    if conf.get("status", 1) == 0:
+        return
+    if isinstance(conf.get("upstream"), dict):
+        key = f"routes/{item.id}"
+        upstream = conf["upstream"]
+        snap.upstreams[key] = memo.get(key, (item,), partial(compile_upstream, key, upstream))
+    service = config.services.get(_sid(conf["service_id"])) if "service_id" in conf else None
+    plugin_config = (
+        config.plugin_configs.get(_sid(conf["plugin_config_id"]))
+        if "plugin_config_id" in conf
+        else None
+    )
+    snap.routes[item.id] = memo.get(
+        f"route:{item.id}",
+        (item, service, plugin_config),
+        partial(compile_route, item, config),
+    )
 
 
 def _empty() -> ChangeSet:
@@ -268,18 +274,36 @@ def full(snapshot: Snapshot) -> ChangeSet:
     return changes
 
 
-def diff(old: Snapshot, new: Snapshot) -> ChangeSet:
-    """What turns ``old`` into ``new``: new or changed items upserted, removed ones deleted."""
+def diff(
+    old: Snapshot,
+    new: Snapshot,
+    routes: Iterable[str] | None = None,
+    upstreams: Iterable[str] | None = None,
+) -> ChangeSet:
+    """What turns ``old`` into ``new``: new or changed items upserted, removed ones deleted.
+
+    ``routes`` / ``upstreams``: the only ids / keys that may differ (a partial update),
+    instead of comparing everything."""
     changes = _empty()
-    for key, up in new.upstreams.items():
-        if old.upstreams.get(key) != up:
-            changes["upsert_upstreams"].append(copy.deepcopy(up))
-    changes["delete_upstreams"] = [k for k in old.upstreams if k not in new.upstreams]
-    for rid, route in new.routes.items():
-        if old.routes.get(rid) != route:
-            changes["upsert_routes"].append(copy.deepcopy(route))
-    changes["delete_routes"] = [r for r in old.routes if r not in new.routes]
+    _diff_kind(changes, "upstreams", old.upstreams, new.upstreams, upstreams)
+    _diff_kind(changes, "routes", old.routes, new.routes, routes)
     return changes
+
+
+def _diff_kind(
+    changes: ChangeSet,
+    kind: str,
+    old: dict[str, JSON],
+    new: dict[str, JSON],
+    keys: Iterable[str] | None,
+) -> None:
+    for key in list(dict.fromkeys([*new, *old])) if keys is None else keys:
+        item = new.get(key)
+        if item is None:
+            if key in old:
+                changes[f"delete_{kind}"].append(key)
+        elif old.get(key) != item:
+            changes[f"upsert_{kind}"].append(copy.deepcopy(item))
 
 
 def is_empty(changes: ChangeSet) -> bool:

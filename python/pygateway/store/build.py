@@ -43,6 +43,17 @@ def parse_key(key: str) -> KeyParts | None:
     return None
 
 
+def _prepared(resource: str, ident: str, value: Any) -> Any:
+    """A copy of a stored value with the identity fields APISIX derives from the key."""
+    conf = copy.deepcopy(value)
+    if isinstance(conf, dict):
+        if resource == "consumers":
+            conf.setdefault("username", ident)
+        elif resource != "credentials":
+            conf["id"] = conf.get("id", ident)
+    return conf
+
+
 def _issue(resource: str, ident: str, path: str, message: str) -> ConfigIssue:
     return ConfigIssue(resource, ident, path, message, message, "store")
 
@@ -53,11 +64,13 @@ class ConfigBuilder:
     def __init__(self, catalog: PluginCatalog) -> None:
         self.catalog = catalog
         self._cache: dict[str, tuple[int, Item | None]] = {}
+        self._vouched: dict[str, tuple[int, Item]] = {}  # written by another thread
         self._reported: set[tuple[str, int, str]] = set()
 
     def clear(self) -> None:
         """Forget every validated item (the plugins changed: re-check everything)."""
         self._cache.clear()
+        self._vouched.clear()
         self._reported.clear()
 
     def _report(self, entry: Entry, issue: ConfigIssue, warning: bool = False) -> None:
@@ -70,16 +83,28 @@ class ConfigBuilder:
         else:
             log.error("store: skipping %s (invalid): %s", entry.key, issue)
 
+    def vouch(self, entry: Entry) -> None:
+        """``entry`` was just written after passing the same checks (the Admin API): its
+        item needs no second validation when the store's change arrives."""
+        parts = parse_key(entry.key)
+        if parts is None or parts[0] not in CHECKERS or not isinstance(entry.value, dict):
+            return
+        resource, ident, sub = parts
+        ident = sub if sub is not None else ident
+        if len(self._vouched) > 1024:  # written but never built (deleted meanwhile)
+            self._vouched.clear()
+        item = Item(ident, entry.created_index, _prepared(resource, ident, entry.value))
+        self._vouched[entry.key] = (entry.modified_index, item)
+
     def _validate(self, resource: str, ident: str, entry: Entry) -> Item | None:
         cached = self._cache.get(entry.key)
         if cached is not None and cached[0] == entry.modified_index:
             return cached[1]
-        conf: Any = copy.deepcopy(entry.value)
-        if isinstance(conf, dict):
-            if resource == "consumers":
-                conf.setdefault("username", ident)
-            elif resource != "credentials":
-                conf["id"] = conf.get("id", ident)
+        vouched = self._vouched.pop(entry.key, None)
+        if vouched is not None and vouched[0] == entry.modified_index:
+            self._cache[entry.key] = vouched
+            return vouched[1]
+        conf: Any = _prepared(resource, ident, entry.value)
         item: Item | None = Item(ident, entry.created_index, conf)
         for p in CHECKERS[resource](conf, self.catalog):
             self._report(entry, _issue(resource, ident, p.path, p.message), p.warning)
@@ -92,6 +117,22 @@ class ConfigBuilder:
                 item = None
         self._cache[entry.key] = (entry.modified_index, item)
         return item
+
+    def item(self, resource: str, ident: str, entry: Entry, config: Config) -> Item | None:
+        """The valid item of ``entry`` whose references resolve in ``config``, or None
+        (reported once)."""
+        item = self._validate(resource, ident, entry)
+        if item is None:
+            return None
+        missing = self._dangling(resource, item, config)
+        if missing is not None:
+            self._report(entry, missing)
+            return None
+        return item
+
+    def forget(self, key: str) -> None:
+        """Drop the validated item of a deleted ``key``."""
+        self._cache.pop(key, None)
 
     def build(self, entries: Iterable[Entry], source: str | None = None) -> Config:
         """A Config of every valid entry; invalid ones (and their dependents) are skipped."""
@@ -115,14 +156,9 @@ class ConfigBuilder:
             found = grouped.get(resource, [])
             found.sort(key=lambda t: (t[2].created_index, t[2].key))
             for ident, _, entry in found:
-                item = self._validate(resource, ident, entry)
-                if item is None:
-                    continue
-                missing = self._dangling(resource, item, config)
-                if missing is not None:
-                    self._report(entry, missing)
-                    continue
-                target[ident] = item
+                item = self.item(resource, ident, entry, config)
+                if item is not None:
+                    target[ident] = item
         for username, cred_id, entry in grouped.get("credentials", []):
             assert cred_id is not None
             cred = self._validate("credentials", cred_id, entry)
