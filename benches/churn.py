@@ -5,14 +5,17 @@
 
 Starts the origin and the native gateway with the Admin API on (embedded store in the run's
 temporary folder, config seeded from benches/config/proxy.yaml through the Admin API), then
-loads the served route with wrk in interleaved rounds of three runs:
+loads the served route with wrk in interleaved rounds of four runs:
 
 - `steady`: no writes;
+- `client-only`: the same PUTs, every `--interval`, sent to the origin instead (nginx answers
+  200): what the writing client itself costs on these shared CPUs, no change to the gateway;
 - `churn-other`: a side thread PUTs another route (a new `uri` each time) every `--interval`;
 - `churn-served`: it PUTs the served route itself with a changed field (`desc`).
 
-Reports each run's median req/s, p50, p99 and errors, the p99 ratio to `steady` and the
-target: p99 within 20% of steady, zero errors (wrk's and the Admin API's). Raw rounds go to
+Reports each run's median req/s, p50, p99 and errors, the p99 ratio to `steady` (and to
+`client-only`) and the target: p99 within 20% of steady, zero errors (wrk's and the Admin
+API's). Raw rounds go to
 `benches/results/route-churn-<timestamp>.json`.
 """
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import statistics
 import sys
 import threading
@@ -66,8 +70,22 @@ def other_route(k: int) -> dict[str, Any]:
     }
 
 
+def extra_route(n: int) -> dict[str, Any]:
+    """One of the `--extra-routes`: a size a real store has, with a plugin to plan."""
+    return {
+        "uri": f"/extra/{n}/*",
+        "plugins": {"limit-count": {"count": 1000, "time_window": 60}} if n % 4 == 0 else {},
+        "upstream": {"type": "roundrobin", "nodes": {f"{bench.HOST}:{bench.ORIGIN_PORT}": 1}},
+    }
+
+
+SINK = "client-only"
+"""The run with the same PUTs sent to the origin instead: the writing client's own cost on
+these shared CPUs, with no change to the gateway."""
+
 CHANGES: dict[str, tuple[str, Callable[[int], dict[str, Any]]] | None] = {
     "steady": None,
+    SINK: ("churn-other", other_route),
     "churn-other": ("churn-other", other_route),
     "churn-served": (SERVED_ROUTE_ID, served_route),
 }
@@ -78,21 +96,31 @@ class Churner:
     schedule (a slow write does not push the next ones back), until stopped."""
 
     def __init__(
-        self, route_id: str, body: Callable[[int], dict[str, Any]], interval: float
+        self,
+        port: int,
+        route_id: str,
+        body: Callable[[int], dict[str, Any]],
+        interval: float,
+        nice: int,
     ) -> None:
-        self.route_id, self.body, self.interval = route_id, body, interval
+        self.port, self.route_id, self.body = port, route_id, body
+        self.interval, self.nice = interval, nice
         self.stop_event = threading.Event()
         self.latencies_ms: list[float] = []
         self.failures: list[str] = []
         self.thread = threading.Thread(target=self._run, name="churn", daemon=True)
 
     def _run(self) -> None:
+        if self.nice:
+            # The Admin API's client stands in for a remote one: on these shared CPUs it
+            # yields to the servers (Linux: the nice value of this thread only).
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
         start, k = time.monotonic(), 0
         while not self.stop_event.wait(max(0.0, start + k * self.interval - time.monotonic())):
             t0 = time.perf_counter()
             try:
                 status, body = bench.admin_request(
-                    GATEWAY.admin_port, "PUT", f"routes/{self.route_id}", self.body(k)
+                    self.port, "PUT", f"routes/{self.route_id}", self.body(k)
                 )
             except OSError as e:
                 self.failures.append(f"PUT {k}: {type(e).__name__}: {e}")
@@ -125,7 +153,8 @@ def load(
     if change is None:
         return {**wrk(), "puts": 0, "put_failures": [], "put_ms_p50": None, "put_ms_max": None}
     route_id, body = change
-    with Churner(route_id, body, args.interval) as churner:
+    port = bench.ORIGIN_PORT if run_name == SINK else GATEWAY.admin_port
+    with Churner(port, route_id, body, args.interval, args.client_nice) as churner:
         res = wrk()
     lat = churner.latencies_ms
     return {
@@ -145,6 +174,8 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         s["put_failures"] = sum(len(r["put_failures"]) for r in rs)
         s["put_ms_p50_max"] = max((r["put_ms_p50"] or 0.0) for r in rs)
         s["put_ms_max"] = max((r["put_ms_max"] or 0.0) for r in rs)
+        sink = summary[SINK]["p99_ms_median"]
+        s["p99_vs_client_only"] = round(s["p99_ms_median"] / sink, 4) if sink else None
         p99 = s["p99_vs_reference"]
         s["met"] = (
             s["errors"] == 0
@@ -158,17 +189,19 @@ def render_table(summary: dict[str, dict[str, Any]]) -> str:
     fmt = bench.fmt_ms
     lines = [
         "| run | req/s | p50 | p99 | wrk errors | PUTs (failed) | PUT p50 / max "
-        "| p99 vs steady | target met |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| p99 vs steady | p99 vs client-only | target met |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for name, s in summary.items():
         puts = f"{s['puts']} ({s['put_failures']})" if s["puts"] else "-"
         put_ms = f"{s['put_ms_p50_max']:.1f} / {s['put_ms_max']:.1f} ms" if s["puts"] else "-"
-        met = "" if name == "steady" else ("yes" if s["met"] else "**NO**")
+        changes = name not in ("steady", SINK)
+        met = ("yes" if s["met"] else "**NO**") if changes else ""
+        vs_sink = f"{s['p99_vs_client_only']:.2f}x" if changes else ""
         lines.append(
             f"| {name} | {s['rps_median']:,.0f} | {fmt(s['p50_ms_median'])} "
             f"| {fmt(s['p99_ms_median'])} | {s['errors']} | {puts} | {put_ms} "
-            f"| {s['p99_vs_reference']:.2f}x | {met} |"
+            f"| {s['p99_vs_reference']:.2f}x | {vs_sink} | {met} |"
         )
     return "\n".join(lines)
 
@@ -182,10 +215,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
     p.add_argument("--connections", type=int, default=50)
     p.add_argument("--threads", type=int, default=1, help="wrk threads")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the three runs")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the four runs")
     p.add_argument("--warmup", type=int, default=2, help="seconds of discarded warm-up (0: none)")
     p.add_argument("--workers", type=int, default=1, help="pygateway --workers")
     p.add_argument("--interval", type=float, default=0.1, help="seconds between two PUTs")
+    p.add_argument(
+        "--extra-routes",
+        type=int,
+        default=0,
+        help="routes stored beside the served one (/extra/<n>, never requested)",
+    )
+    p.add_argument(
+        "--client-nice",
+        type=int,
+        default=0,
+        help="nice value of the thread sending the PUTs (0: same priority as the servers)",
+    )
     p.add_argument("--ready-timeout", type=float, default=20.0)
     p.add_argument("--pin", action="store_true", help="taskset: wrk on CPU 0, servers on others")
     p.add_argument("--install", action="store_true", help="apt-get install nginx/wrk if missing")
@@ -194,8 +239,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for flag in ("duration", "connections", "threads", "rounds", "workers"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag} must be >= 1")
-    if args.warmup < 0 or args.interval <= 0:
-        p.error("--warmup must be >= 0 and --interval > 0")
+    if args.warmup < 0 or args.interval <= 0 or args.extra_routes < 0:
+        p.error("--warmup and --extra-routes must be >= 0 and --interval > 0")
+    if not 0 <= args.client_nice <= 19:
+        p.error("--client-nice must be in 0..19")
     args.gateway_cmd = bench.DEFAULT_GATEWAY_CMD  # unused: admin gateways have their own
     return args
 
@@ -208,6 +255,12 @@ def run(args: argparse.Namespace) -> int:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     rounds: list[dict[str, Any]] = []
     with bench.serving(SCENARIO, [GATEWAY], args, shared, server_prefix) as served:
+        for n in range(args.extra_routes):
+            status, body = bench.admin_request(
+                GATEWAY.admin_port, "PUT", f"routes/extra-{n}", extra_route(n)
+            )
+            if status not in (200, 201):
+                raise BenchError(f"PUT routes/extra-{n} answered {status}: {body[:300]!r}")
         bench.warm_up([GATEWAY], SCENARIO.path, args, wrk_prefix)
         for i in range(1, args.rounds + 1):
             for name in CHANGES:
@@ -226,7 +279,11 @@ def run(args: argparse.Namespace) -> int:
 
     summary = summarize(rounds)
     table = render_table(summary)
-    mline = bench.machine_line(machine, args, pin_note) + f"; one PUT every {args.interval:g}s"
+    mline = (
+        bench.machine_line(machine, args, pin_note)
+        + f"; one PUT every {args.interval:g}s; {args.extra_routes} extra routes stored"
+        + f"; PUT client at nice {args.client_nice}"
+    )
     print(f"\n### Route churn: {SCENARIO.description}\n\n{table}\n")
     print(
         f"Target: p99 within {P99_TOLERANCE:.0%} of steady and zero errors while a route is "
