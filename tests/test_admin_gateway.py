@@ -125,7 +125,11 @@ def test_invalid_store_items_are_skipped_and_the_rest_serves(
 
 
 def test_a_route_write_to_a_1000_route_store_touches_that_route_only(
-    tmp_path: Path, admin_gateway: Any, origin: Origin, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    admin_gateway: Any,
+    origin: Origin,
+    monkeypatch: pytest.MonkeyPatch,
+    engine: str,
 ) -> None:
     path = tmp_path / "store.jsonl"
     store = EmbeddedStore(path)
@@ -134,7 +138,7 @@ def test_a_route_write_to_a_1000_route_store_touches_that_route_only(
         body = {"id": f"r{i}", **route(f"/r{i}", origin.addr, plugins={"request-id": {}})}
         store.put(f"routes/r{i}", body)
     store.close()
-    gw, admin = admin_gateway(admin=admin_settings(path))
+    gw, admin = admin_gateway(admin=admin_settings(path), engine=engine)
     assert gw.config is not None and len(gw.config.routes) == 1000
     sent: list[dict[str, Any]] = []
     rebuilt: list[int] = []
@@ -161,9 +165,11 @@ def test_a_route_write_to_a_1000_route_store_touches_that_route_only(
     assert request(gw.url, "/r8").status == 200
 
 
-def test_route_writes_publish_what_a_full_rebuild_would(admin_gateway: Any, origin: Origin) -> None:
+def test_route_writes_publish_what_a_full_rebuild_would(
+    admin_gateway: Any, origin: Origin, engine: str
+) -> None:
     """The route-only path and the full path agree, whatever the mix of writes."""
-    gw, admin = admin_gateway()
+    gw, admin = admin_gateway(engine=engine)
     admin.put("/upstreams/u1", {"nodes": {origin.addr: 1}})
     admin.put("/services/s1", {"upstream_id": "u1", "hosts": ["svc.test"]})
     admin.put("/plugin_configs/p1", {"plugins": {"request-id": {}}})
