@@ -165,6 +165,36 @@ def test_a_route_write_to_a_1000_route_store_touches_that_route_only(
     assert request(gw.url, "/r8").status == 200
 
 
+def test_a_publication_that_failed_is_retried_in_full_with_the_next_write(
+    admin_gateway: Any, origin: Origin, caplog: pytest.LogCaptureFixture
+) -> None:
+    gw, admin = admin_gateway()
+    plane, failures = gw._plane, [1]
+
+    class Flaky:
+        """The data plane, refusing the first change set it is given."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(plane, name)
+
+        def apply(self, changes: str) -> None:
+            if failures:
+                failures.pop()
+                raise RuntimeError("refused once")
+            plane.apply(changes)
+
+    gw._plane = Flaky()
+    try:
+        admin.put("/routes/a", route("/a", origin.addr))
+        wait_for(lambda: "refused once" in caplog.text)
+        assert request(gw.url, "/a").status == 404  # the last good config keeps serving
+        admin.put("/routes/b", route("/b", origin.addr))
+        wait_for(lambda: request(gw.url, "/b").status == 200)
+        assert request(gw.url, "/a").status == 200
+    finally:
+        gw._plane = plane
+
+
 def test_route_writes_publish_what_a_full_rebuild_would(
     admin_gateway: Any, origin: Origin, engine: str
 ) -> None:

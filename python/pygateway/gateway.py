@@ -395,6 +395,8 @@ class Gateway:
                     self._publish(self._build())
             except Exception:
                 log.exception("the store's config could not be applied")
+                with self._dirty:
+                    self._changed = None  # what failed is retried with everything next time
 
     def _load_demo(self, demo_address: str | None) -> Config:
         assert demo_address is not None, "the data plane was created without a demo origin"
