@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pygateway.gateway as gateway_module
 import pytest
@@ -20,6 +20,7 @@ from conftest import request, route
 from origin import Origin, free_port
 from pygateway import Gateway
 from pygateway.config import ConfigError
+from pygateway.plugin import Plugin
 from pygateway.store.build import ConfigBuilder
 from pygateway.store.embedded import EmbeddedStore
 
@@ -257,6 +258,96 @@ def test_route_writes_publish_what_a_full_rebuild_would(
         mine = {k: (i.seq, i.conf) for k, i in gw.config.items_of(resource).items()}
         theirs = {k: (i.seq, i.conf) for k, i in fresh.items_of(resource).items()}
         assert mine == theirs, resource
+
+
+def test_a_limit_count_group_mismatch_written_as_a_route_is_refused_on_both_engines(
+    admin_gateway: Any, origin: Origin, engine: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    gw, admin = admin_gateway(engine=engine)
+
+    def member(count: int) -> dict[str, Any]:
+        return {"limit-count": {"count": count, "time_window": 60, "group": "g"}}
+
+    admin.put("/routes/c", route("/c", origin.addr, plugins=member(2)))
+    wait_for(lambda: request(gw.url, "/c").status == 200)
+    admin.put("/routes/e", route("/e", origin.addr, plugins=member(3)))
+    wait_for(lambda: "group conf mismatched" in caplog.text)
+    assert request(gw.url, "/e").status == 404  # the last good config keeps serving
+    assert request(gw.url, "/c").status == 200
+
+
+def test_route_only_churn_leaves_no_compiled_leftovers(admin_gateway: Any, origin: Origin) -> None:
+    gw, admin = admin_gateway()
+    for i in range(50):
+        ident = admin.post("/routes", route(f"/x{i}", origin.addr)).json()["value"]["id"]
+        admin.delete(f"/routes/{ident}")
+        admin.put("/routes/off", {**route(f"/off{i}", origin.addr), "status": i % 2})
+    wait_for(lambda: request(gw.url, "/off49").status == 200)
+    cache = gw._compiled
+    assert set(cache._entries) <= {"route:off", "routes/off"}, sorted(cache._entries)[:5]
+    assert cache._seen <= {"route:off", "routes/off"}
+
+
+def test_reloaded_plugins_drop_routes_they_no_longer_accept(
+    admin_gateway: Any, origin: Origin, engine: str
+) -> None:
+    gw, admin = admin_gateway(engine=engine)
+    admin.put("/routes/a", route("/a", origin.addr))
+    admin.put("/routes/b", route("/b", origin.addr))
+    wait_for(lambda: request(gw.url, "/b").status == 200)
+    config = gw._build()
+    del config.routes["a"]  # what a reload does to a route its new schemas refuse
+    gw._publish(config, force=True)
+    assert request(gw.url, "/a").status == 404 and request(gw.url, "/b").status == 200
+
+
+def test_a_route_write_during_a_plugin_reload_is_not_lost(
+    admin_gateway: Any, origin: Origin, engine: str
+) -> None:
+    gw, admin = admin_gateway(engine=engine)
+    admin.put("/routes/w", route("/w0", origin.addr))
+    wait_for(lambda: request(gw.url, "/w0").status == 200)
+    real_build = gw._build
+
+    def build_while_writing() -> Any:
+        config = real_build()
+        gw._build = real_build
+        assert admin.patch("/routes/w", {"uri": "/w1"}).status == 200  # lands meanwhile
+        end = time.monotonic() + 0.5  # give the publisher time to publish it first, if it can
+        while time.monotonic() < end and request(gw.url, "/w1").status != 200:
+            time.sleep(0.01)
+        return config
+
+    gw._build = build_while_writing  # type: ignore[method-assign]
+    gw.reload_plugins()
+    wait_for(lambda: request(gw.url, "/w1").status == 200)
+    admin.put("/routes/x", route("/x", origin.addr))
+    wait_for(lambda: request(gw.url, "/x").status == 200)
+    assert request(gw.url, "/w0").status == 404 and request(gw.url, "/w1").status == 200
+
+
+def test_metadata_refused_by_its_plugin_schema_once_stamped_is_never_vouched(
+    admin_gateway: Any,
+) -> None:
+    class StrictMeta(Plugin):
+        name = "strict-meta"
+        priority = 1
+        metadata_schema: ClassVar[dict[str, Any] | None] = {
+            "type": "object",
+            "properties": {"fmt": {"type": "string"}},
+            "additionalProperties": False,
+        }
+
+    gw, admin = admin_gateway()
+    gw.register_plugin(StrictMeta)
+    admin.put("/plugin_metadata/strict-meta", {"fmt": "x"})
+    admin.put("/routes/r", route("/r", "127.0.0.1:1"))
+    wait_for(lambda: gw.config is not None and "r" in gw.config.routes)
+    assert gw.store is not None and gw.config is not None
+    fresh = ConfigBuilder(gw._catalog).build(gw.store.items(""))
+    assert {k: i.conf for k, i in gw.config.plugin_metadata.items()} == {
+        k: i.conf for k, i in fresh.plugin_metadata.items()
+    }
 
 
 # -- read-only sources -----------------------------------------------------------------------

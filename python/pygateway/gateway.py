@@ -113,7 +113,7 @@ class Gateway:
         self._snapshot = Snapshot()
         self._config: Config | None = None
         self._view: PluginView | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # held from a store build to its publication
         self._stop = threading.Event()
         self._dirty = threading.Condition()
         self._pending = False
@@ -336,7 +336,7 @@ class Gateway:
         if config is not None:
             raise ValueError("this node's config lives in a store: write it through the Admin API")
         if store is not None:
-            self._publish(self._build())
+            self._rebuild()
 
     def register_plugin(self, cls: type[Plugin]) -> type[Plugin]:
         """Make a plugin class available to this node (usable as a decorator)."""
@@ -353,10 +353,10 @@ class Gateway:
         self._pipeline.clear_cache()
         self._builder.clear()  # plugin schemas may have changed: re-check store items
         if self._config is not None:
-            config = self._config
             if self.store is not None and not isinstance(self.store, StandaloneStore):
-                config = self._build()
-            self._publish(config, force=True)
+                self._rebuild(force=True)
+            else:
+                self._publish(self._config, force=True)
 
     # -- following a store -----------------------------------------------------------
 
@@ -379,6 +379,12 @@ class Gateway:
         assert self.store is not None
         return self._builder.build(self.store.items(""), source=self.source)
 
+    def _rebuild(self, force: bool = False) -> None:
+        """Build from the store and publish, with no other publication in between (one
+        from another thread could otherwise be overwritten by an older build)."""
+        with self._lock:
+            self._publish(self._build(), force)
+
     def _follow(self) -> None:
         while True:
             with self._dirty:
@@ -392,7 +398,7 @@ class Gateway:
                 changed, self._changed = self._changed, set()
             try:
                 if changed is None or not self._publish_routes(changed):
-                    self._publish(self._build())
+                    self._rebuild()
             except Exception:
                 log.exception("the store's config could not be applied")
                 with self._dirty:
@@ -472,15 +478,16 @@ class Gateway:
         config: Config,
         global_rules: list[dict[str, Any]],
         groups: dict[str, Any],
-    ) -> None:
+    ) -> list[dict[str, Any]]:
         """Add to a compiled route what this node runs for it: its phases and (native)
-        its limiters."""
+        its limiters. Returns the route's limiter specs (on both engines)."""
         limits = self._limits(route, config, groups)  # checks groups on both engines
         route["phases"] = self._phases(
             route.get("plugins") or {}, global_rules, self._native and bool(limits)
         )
         if self._native:
             route["limits"] = limits
+        return limits
 
     def _publish(self, config: Config, force: bool = False) -> None:
         """Compile and send only what changed to the data plane."""
@@ -503,6 +510,13 @@ class Gateway:
             }
             first = not self._config or force
             changes = full(snapshot) if first else diff(self._snapshot, snapshot)
+            if first:  # a forced one (plugins reloaded) also drops what is no longer valid
+                changes["delete_routes"] = [
+                    r for r in self._snapshot.routes if r not in snapshot.routes
+                ]
+                changes["delete_upstreams"] = [
+                    k for k in self._snapshot.upstreams if k not in snapshot.upstreams
+                ]
             metadata = {k: dict(i.conf) for k, i in config.plugin_metadata.items()}
             if first or metadata != self._sent_metadata:
                 changes["plugin_metadata"] = metadata  # type: ignore[assignment]
@@ -525,7 +539,7 @@ class Gateway:
             ids.append(parts[1])
         with self._lock:
             old, current = self._snapshot, self._config
-            if current is None or any(_grouped(old.routes.get(i)) for i in ids):
+            if current is None:
                 return False
             config = dataclasses.replace(current, routes=dict(current.routes), warnings=[])
             for ident in ids:
@@ -546,14 +560,15 @@ class Gateway:
                 snapshot.routes.pop(ident, None)
                 snapshot.upstreams.pop(f"routes/{ident}", None)
                 item = config.routes.get(ident)
-                if item is None:
-                    continue
-                compile_route_into(snapshot, item, config, self._compiled)
+                if item is not None:
+                    compile_route_into(snapshot, item, config, self._compiled)
                 route = snapshot.routes.get(ident)
-                if route is not None:
-                    self._route_plan(route, config, global_rules, {})
-                    if _grouped(route):
-                        return False
+                if route is None:
+                    self._compiled.forget(f"route:{ident}", f"routes/{ident}")
+                    continue
+                specs = self._route_plan(route, config, global_rules, {})
+                if any(s["name"] == "limit-count" and s["conf"].get("group") for s in specs):
+                    return False  # members of a group are checked against each other
             view = self._view
             assert view is not None
             view = dataclasses.replace(view, routes=dict(snapshot.routes))
@@ -576,11 +591,3 @@ class Gateway:
         self._config = config
         for warning in config.warnings:
             log.warning("config: %s", warning)
-
-
-def _grouped(route: Mapping[str, Any] | None) -> bool:
-    """Whether a compiled route has a limit-count with a ``group`` (shared across routes)."""
-    return route is not None and any(
-        spec["name"] == "limit-count" and spec["conf"].get("group")
-        for spec in route.get("limits") or ()
-    )

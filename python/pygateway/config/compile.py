@@ -210,6 +210,12 @@ class CompileCache:
         self._entries[key] = (sources, value)
         return dict(value)
 
+    def forget(self, *keys: str) -> None:
+        """Drop the entries of items that are gone (a partial compilation does not sweep)."""
+        for key in keys:
+            self._entries.pop(key, None)
+            self._seen.discard(key)
+
     def sweep(self) -> None:
         """Forget what the last compilation did not use."""
         for key in [k for k in self._entries if k not in self._seen]:
