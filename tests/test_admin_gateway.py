@@ -129,6 +129,7 @@ def test_a_route_write_to_a_1000_route_store_touches_that_route_only(
     tmp_path: Path,
     admin_gateway: Any,
     origin: Origin,
+    origin_b: Origin,
     monkeypatch: pytest.MonkeyPatch,
     engine: str,
 ) -> None:
@@ -160,9 +161,20 @@ def test_a_route_write_to_a_1000_route_store_touches_that_route_only(
     assert routes == ["r7", "new"] and deleted == ["r9"], sent
     assert len(gw.config.routes) == 1000
 
-    # Anything else than routes takes the full path, which still sends only what changed.
+    # A new upstream takes the full path (routes referring to it may appear), which still
+    # sends only what changed; an update of an existing one does not.
     admin.put("/upstreams/u1", {"nodes": {origin.addr: 1}})
     wait_for(lambda: bool(rebuilt))
+    admin.put("/routes/via", {"uri": "/via", "upstream_id": "u1"})
+    wait_for(lambda: request(gw.url, "/via").status == 200)
+    rebuilt.clear()
+    sent.clear()
+    before = origin_b.requests
+    admin.patch("/upstreams/u1", {"nodes": {origin_b.addr: 1}})
+    wait_for(lambda: request(gw.url, "/via").status == 200 and origin_b.requests > before)
+    assert not rebuilt
+    assert [u["key"] for c in sent for u in c["upsert_upstreams"]] == ["upstreams/u1"], sent
+    assert not any(c["upsert_routes"] for c in sent)
     assert request(gw.url, "/r8").status == 200
 
 
@@ -230,6 +242,12 @@ def test_route_writes_publish_what_a_full_rebuild_would(
         ),
         ("DELETE", "/routes/b", None),
         ("PATCH", "/routes/a", {"status": 1, "uri": "/a2"}),
+        ("PATCH", "/upstreams/u1", {"nodes": {origin.addr: 2}, "retries": 1}),
+        ("PUT", "/upstreams/u2", {"nodes": {origin.addr: 1}}),
+        ("PUT", "/routes/f", {"uri": "/f", "upstream_id": "u2"}),
+        ("PATCH", "/upstreams/u2", {"type": "chash", "key": "remote_addr"}),
+        ("DELETE", "/routes/f", None),
+        ("DELETE", "/upstreams/u2", None),
     ]
     for method, path, body in writes:
         admin.call(method, path, body)

@@ -29,6 +29,7 @@ from .config.compile import (
     CompileCache,
     change_set_json,
     compile_route_into,
+    compile_upstream_into,
     is_empty,
 )
 from .config.node import AdminSettings, admin_settings
@@ -397,7 +398,7 @@ class Gateway:
                 self._pending = False
                 changed, self._changed = self._changed, set()
             try:
-                if changed is None or not self._publish_routes(changed):
+                if changed is None or not self._publish_partial(changed):
                     self._rebuild()
             except Exception:
                 log.exception("the store's config could not be applied")
@@ -523,25 +524,38 @@ class Gateway:
                 self._sent_metadata = metadata
             self._send(config, snapshot, view, changes)
 
-    def _publish_routes(self, keys: set[str]) -> bool:
-        """Publish a burst that changed routes only, touching those routes alone (a write
-        to a 10,000-route store costs what it costs with one route). False when the burst
-        needs the full path: other resources, or a limit-count ``group`` (a check across
-        routes)."""
+    def _publish_partial(self, keys: set[str]) -> bool:
+        """Publish a burst of route writes and upstream updates touching those objects alone
+        (a write to a 10,000-route store costs what it costs with one route). False when
+        the burst needs the full path: other resources, an upstream created, deleted or
+        invalid (routes referring to it appear or go), a limit-count ``group`` (a check
+        across routes)."""
         store = self.store
         if store is None or isinstance(store, StandaloneStore):
             return False
         ids: list[str] = []
+        upstream_ids: list[str] = []
         for key in keys:
             parts = parse_key(key)
-            if parts is None or parts[0] != "routes":
+            if parts is None or parts[0] not in ("routes", "upstreams"):
                 return False
-            ids.append(parts[1])
+            (ids if parts[0] == "routes" else upstream_ids).append(parts[1])
         with self._lock:
             old, current = self._snapshot, self._config
             if current is None:
                 return False
-            config = dataclasses.replace(current, routes=dict(current.routes), warnings=[])
+            config = dataclasses.replace(
+                current,
+                routes=dict(current.routes),
+                upstreams=dict(current.upstreams),
+                warnings=[],
+            )
+            for ident in upstream_ids:
+                entry = store.get(f"upstreams/{ident}")
+                upstream = self._builder.item("upstreams", ident, entry, config) if entry else None
+                if upstream is None or ident not in current.upstreams:
+                    return False
+                config.upstreams[ident] = upstream
             for ident in ids:
                 key = f"routes/{ident}"
                 entry = store.get(key)
@@ -553,6 +567,8 @@ class Gateway:
                 else:
                     config.routes[ident] = item
             snapshot = Snapshot(routes=dict(old.routes), upstreams=dict(old.upstreams))
+            for ident in upstream_ids:
+                compile_upstream_into(snapshot, config.upstreams[ident], self._compiled)
             global_rules = [
                 dict(item.conf.get("plugins") or {}) for item in config.global_rules.values()
             ]
@@ -572,7 +588,8 @@ class Gateway:
             view = self._view
             assert view is not None
             view = dataclasses.replace(view, routes=dict(snapshot.routes))
-            changes = diff(old, snapshot, ids, [f"routes/{i}" for i in ids])
+            touched = [f"routes/{i}" for i in ids] + [f"upstreams/{u}" for u in upstream_ids]
+            changes = diff(old, snapshot, ids, touched)
             self._send(config, snapshot, view, changes)
         return True
 

@@ -28,6 +28,7 @@ __all__ = [
     "compile_route",
     "compile_route_into",
     "compile_upstream",
+    "compile_upstream_into",
     "diff",
     "full",
 ]
@@ -228,8 +229,7 @@ def compile_config(config: Config, cache: CompileCache | None = None) -> Snapsho
     memo = cache or CompileCache()
     snap = Snapshot()
     for item in config.upstreams.values():
-        key = f"upstreams/{item.id}"
-        snap.upstreams[key] = memo.get(key, (item,), partial(compile_upstream, key, item.conf))
+        compile_upstream_into(snap, item, memo)
     for item in config.services.values():
         if isinstance(item.conf.get("upstream"), dict):
             key = f"services/{item.id}"
@@ -239,6 +239,12 @@ def compile_config(config: Config, cache: CompileCache | None = None) -> Snapsho
         compile_route_into(snap, item, config, memo)
     memo.sweep()
     return snap
+
+
+def compile_upstream_into(snap: Snapshot, item: Item, memo: CompileCache) -> None:
+    """Put a named upstream (``upstreams/<id>``) into ``snap``."""
+    key = f"upstreams/{item.id}"
+    snap.upstreams[key] = memo.get(key, (item,), partial(compile_upstream, key, item.conf))
 
 
 def compile_route_into(snap: Snapshot, item: Item, config: Config, memo: CompileCache) -> None:
