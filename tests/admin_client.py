@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -97,4 +98,21 @@ def admin_gateways(tmp_path: Path) -> Iterator[Any]:
 
     yield make
     for gw in started:
+        gw.stop(0)
+
+
+@contextlib.contextmanager
+def standalone_file_gateway(tmp_path: Path, upstream: str) -> Iterator[tuple[Gateway, Admin, Path]]:
+    """A node serving a standalone file (route ``r1``: ``/a`` to ``upstream``) with the
+    Admin API on (read-only): (gateway, Admin, the file)."""
+    routes = tmp_path / "apisix.yaml"
+    routes.write_text(
+        "routes:\n  - id: r1\n    uri: /a\n    upstream:\n"
+        f'      nodes:\n        "{upstream}": 1\n#END\n'
+    )
+    settings = admin_settings(tmp_path / "unused.jsonl")
+    gw = Gateway(routes=routes, listen=["127.0.0.1:0"], workers=1, admin=settings).start()
+    try:
+        yield gw, Admin(f"http://{gw.admin_address}"), routes
+    finally:
         gw.stop(0)

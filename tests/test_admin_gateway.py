@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import pygateway.gateway as gateway_module
 import pytest
-from admin_client import KEY, Admin, admin_gateways, admin_settings
+from admin_client import KEY, Admin, admin_gateways, admin_settings, standalone_file_gateway
 from conftest import request, route
 from origin import Origin, free_port
 from pygateway import Gateway
@@ -372,15 +372,7 @@ def test_metadata_refused_by_its_plugin_schema_once_stamped_is_never_vouched(
 
 
 def test_standalone_file_makes_the_admin_api_read_only(tmp_path: Path, origin: Origin) -> None:
-    routes = tmp_path / "apisix.yaml"
-    routes.write_text(
-        "routes:\n  - id: r1\n    uri: /a\n    upstream:\n"
-        f'      nodes:\n        "{origin.addr}": 1\n#END\n'
-    )
-    settings = admin_settings(tmp_path / "unused.jsonl")
-    gw = Gateway(routes=routes, listen=["127.0.0.1:0"], workers=1, admin=settings).start()
-    try:
-        admin = Admin(f"http://{gw.admin_address}")
+    with standalone_file_gateway(tmp_path, origin.addr) as (_, admin, routes):
         listed = admin.get("/routes").json()
         assert listed["total"] == 1 and listed["list"][0]["value"]["uri"] == "/a"
         r = admin.put("/routes/r2", {"uri": "/b", "upstream": {"nodes": {origin.addr: 1}}})
@@ -389,8 +381,6 @@ def test_standalone_file_makes_the_admin_api_read_only(tmp_path: Path, origin: O
         assert "standalone file" in message and str(routes) in message and "read-only" in message
         assert admin.delete("/routes/r1").status == 400
         assert not (tmp_path / "unused.jsonl").exists()
-    finally:
-        gw.stop(0)
 
 
 def test_inline_config_and_demo_keep_working_without_admin(gateway: Any, origin: Origin) -> None:

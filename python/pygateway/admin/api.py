@@ -23,6 +23,7 @@ from ..config.schema import SCHEMAS
 from ..config.standalone import REFERENCES, UNSUPPORTED, item_id
 from ..plugin import PluginRegistry
 from ..store.base import Entry, Store, StoreError, StoreUnavailable
+from .configs import Answer, configs, error_answer
 
 __all__ = ["AdminApi", "Reply"]
 
@@ -196,6 +197,18 @@ class AdminApi:
             return _error(503, str(err))
         except StoreError as err:
             return _error(400, str(err))
+
+    def configs(self, method: str, headers: Mapping[str, str], raw: bytes) -> Answer:
+        """``/apisix/admin/configs`` (GET, HEAD, PUT): see :mod:`.configs`."""
+        try:
+            if method != "PUT":
+                return configs(self.store, self.catalog, method, headers, raw)
+            with self._write:
+                return configs(self.store, self.catalog, method, headers, raw)
+        except StoreUnavailable as err:
+            return error_answer(503, str(err))
+        except StoreError as err:
+            return error_answer(400, str(err))
 
     # -- keys and envelopes ----------------------------------------------------------
 

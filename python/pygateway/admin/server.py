@@ -58,6 +58,10 @@ def _json(status: int, body: Any) -> web.Response:
     else:
         text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
         resp = web.Response(status=status, text=text, content_type="application/json")
+    return _stamped(resp)
+
+
+def _stamped(resp: web.Response) -> web.Response:
     resp.headers["X-API-VERSION"] = "v3"
     resp.headers["Server"] = "pygateway"
     return resp
@@ -179,6 +183,16 @@ class AdminServer:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return _json(413, {"error_msg": f"request body larger than {MAX_BODY} bytes"})
+        if path == PREFIX + "/configs" and method in ("GET", "HEAD", "PUT"):
+            loop = asyncio.get_running_loop()
+            answer = await loop.run_in_executor(
+                None, self.api.configs, method, request.headers, raw
+            )
+            resp = web.Response(status=answer.status, body=answer.body or None)
+            if answer.content_type is not None:
+                resp.content_type = answer.content_type
+            resp.headers.update(answer.headers)
+            return _stamped(resp)
         body: Any = None
         if raw:
             try:

@@ -62,6 +62,8 @@ class Store(abc.ABC):
     """
 
     read_only: bool = False
+    replaceable: bool = False
+    """Whether :meth:`replace` works: the whole config written at once (PUT /configs)."""
     prefix: str = "/apisix"
     """The key prefix shown by the Admin API (``/apisix/routes/1``)."""
 
@@ -95,3 +97,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def new_id(self) -> str:
         """A fresh id for POST: APISIX's 20-digit zero-padded revision number."""
+
+    def replace(self, puts: Sequence[tuple[str, dict[str, Any]]], deletes: Sequence[str]) -> None:
+        """Write ``puts`` and delete ``deletes`` as one acknowledged change (stores with
+        :attr:`replaceable`)."""
+        raise StoreError("this store cannot replace the whole configuration at once")

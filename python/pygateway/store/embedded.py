@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import IO, Any
 
 from .base import Change, Entry, Listener, Store, StoreError, StoreUnavailable
@@ -55,6 +55,8 @@ def _record(revision: int, key: str, entry: Entry | None) -> bytes:
 
 class EmbeddedStore(Store):
     """A :class:`Store` in the local file ``path`` (created if missing)."""
+
+    replaceable = True
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
@@ -189,6 +191,28 @@ class EmbeddedStore(Store):
                 del self._entries[e.key]
             self._notify([Change(e.key, None) for e in gone])
             return gone
+
+    def replace(self, puts: Sequence[tuple[str, dict[str, Any]]], deletes: Sequence[str]) -> None:
+        """One journal write (one fsync) for every put and delete: all or nothing."""
+        with self._lock:
+            revision = self._revision + 1
+            records: list[tuple[str, Entry | None]] = []
+            for key in deletes:
+                if key in self._entries:
+                    records.append((key, None))
+            for key, value in puts:
+                previous = self._entries.get(key)
+                created = previous.created_index if previous is not None else revision
+                records.append((key, Entry(key, json.loads(json.dumps(value)), created, revision)))
+            if not records:
+                return
+            self._append(revision, records)
+            for key, written in records:
+                if written is None:
+                    del self._entries[key]
+                else:
+                    self._entries[key] = written
+            self._notify([Change(key, written) for key, written in records])
 
     def _append(self, revision: int, records: Iterable[tuple[str, Entry | None]]) -> None:
         f = self._file

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..config import Config, ConfigError, PluginCatalog, build_config, load_standalone
@@ -170,6 +170,9 @@ class StandaloneStore(Store):
         raise self._refuse()
 
     def new_id(self) -> str:
+        raise self._refuse()
+
+    def replace(self, puts: Sequence[tuple[str, dict[str, Any]]], deletes: Sequence[str]) -> None:
         raise self._refuse()
 
 
