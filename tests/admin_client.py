@@ -8,10 +8,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from conftest import Reply, request
 from pygateway import Gateway
+from pygateway.plugin import Plugin
 
 KEY = "test-admin-key-0123456789"
 VIEWER_KEY = "test-viewer-key-0123456789"
@@ -116,3 +117,15 @@ def standalone_file_gateway(tmp_path: Path, upstream: str) -> Iterator[tuple[Gat
         yield gw, Admin(f"http://{gw.admin_address}"), routes
     finally:
         gw.stop(0)
+
+
+class StrictMeta(Plugin):
+    """A plugin whose metadata schema allows no field but its own (not even time stamps)."""
+
+    name = "strict-meta"
+    priority = 1
+    metadata_schema: ClassVar[dict[str, Any] | None] = {
+        "type": "object",
+        "properties": {"fmt": {"type": "string"}},
+        "additionalProperties": False,
+    }

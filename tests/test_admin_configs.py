@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from admin_client import Admin, admin_gateways, admin_settings, standalone_file_gateway
+from admin_client import Admin, StrictMeta, admin_gateways, admin_settings, standalone_file_gateway
 from conftest import request, route
 from origin import Origin
 from pygateway import Gateway
@@ -70,8 +70,8 @@ def test_put_replaces_the_configuration_and_get_returns_it(
     assert got.headers["x-digest"] == "first" and int(got.headers["x-last-modified"]) > 0
     data = got.json()
     assert data["routes_conf_version"] == 7 and data["upstreams_conf_version"] == 1
-    assert [x["id"] for x in data["routes"]] == ["arr_2", "r1"]
-    assert data["routes"][1]["uri"] == "/one" and data["upstreams"][0]["id"] == "u1"
+    assert [x["id"] for x in data["routes"]] == ["r1", "arr_2"]  # the list order
+    assert data["routes"][0]["uri"] == "/one" and data["upstreams"][0]["id"] == "u1"
     # The regular resources see the same objects.
     assert admin.get("/routes/r1").json()["value"]["uri"] == "/one"
     head = admin.call("HEAD", "/configs")
@@ -172,6 +172,65 @@ def test_a_standalone_file_node_answers_get_and_refuses_put(tmp_path: Path, orig
         refused = put_configs(admin, {"routes": []}, "x")
         assert refused.status == 400 and "read-only" in refused.json()["error_msg"]
         assert request(gw.url, "/a").status == 200
+
+
+def test_equal_routes_follow_the_list_order_and_get_keeps_it(
+    admin_gateway: Any, origin: Origin, origin_b: Origin
+) -> None:
+    gw, admin = admin_gateway()
+    first = {"id": "z", "uri": "/same", "upstream": {"nodes": {origin.addr: 1}}}
+    second = {"id": "a", "uri": "/same", "upstream": {"nodes": {origin_b.addr: 1}}}
+    assert put_configs(admin, {"routes": [first, second]}, "o1").status == 202
+    wait_for(lambda: request(gw.url, "/same").status == 200)
+    assert origin.requests == 1 and origin_b.requests == 0  # the first listed wins
+    assert [r["id"] for r in admin.get("/configs").json()["routes"]] == ["z", "a"]
+
+
+def test_a_consumer_that_goes_takes_its_credentials_along(
+    admin_gateway: Any, origin: Origin
+) -> None:
+    gw, admin = admin_gateway()
+    admin.put("/routes/r", {**route("/r", origin.addr), "plugins": {"key-auth": {}}})
+    admin.put("/consumers/jack", {})
+    admin.put("/consumers/jack/credentials/c1", {"plugins": {"key-auth": {"key": "k1"}}})
+    wait_for(lambda: request(gw.url, "/r", headers={"apikey": "k1"}).status == 200)
+    assert (
+        put_configs(admin, {"consumers": [{"username": "jill"}], "routes_conf_version": 0}).status
+        == 202
+    )
+    wait_for(lambda: request(gw.url, "/r", headers={"apikey": "k1"}).status == 401)
+    assert admin.get("/consumers/jack/credentials/c1").status == 404
+    admin.put("/consumers/jack", {})  # back, without the old credential
+    time.sleep(0.1)
+    assert request(gw.url, "/r", headers={"apikey": "k1"}).status == 401
+
+
+def test_conf_versions_must_be_finite_and_keep_their_fraction(admin_gateway: Any) -> None:
+    _, admin = admin_gateway()
+    for text in (b'{"routes_conf_version": NaN}', b'{"routes_conf_version": 1e400}'):
+        r = put_configs(admin, text, "n")
+        assert r.status == 400 and r.json() == {"error_msg": "routes_conf_version must be a number"}
+    r = put_configs(
+        admin, b"routes_conf_version: .inf\n", "n", **{"Content-Type": "application/yaml"}
+    )
+    assert r.status == 400
+    assert put_configs(admin, {"routes_conf_version": 3}, "f1").status == 202
+    assert put_configs(admin, {"routes_conf_version": 3.5}, "f2").status == 202
+    assert admin.get("/configs").json()["routes_conf_version"] == 3.5
+
+
+def test_kept_objects_stamped_by_the_admin_api_do_not_block_a_put(admin_gateway: Any) -> None:
+    gw, admin = admin_gateway()
+    gw.register_plugin(StrictMeta)
+    assert (
+        put_configs(admin, {"plugin_metadata": [{"id": "strict-meta", "fmt": "x"}]}).status == 202
+    )
+    assert admin.put("/plugin_metadata/strict-meta", {"fmt": "y"}).status in (200, 201)  # stamped
+    versions = {k: v for k, v in admin.get("/configs").json().items() if k.endswith("_version")}
+    r = put_configs(
+        admin, {**versions, "routes_conf_version": versions["routes_conf_version"] + 1}, "d2"
+    )
+    assert r.status == 202, r.body
 
 
 def test_an_etcd_node_has_no_configs_resource_as_in_apisix() -> None:

@@ -11,16 +11,22 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pygateway.gateway as gateway_module
 import pytest
-from admin_client import KEY, Admin, admin_gateways, admin_settings, standalone_file_gateway
+from admin_client import (
+    KEY,
+    Admin,
+    StrictMeta,
+    admin_gateways,
+    admin_settings,
+    standalone_file_gateway,
+)
 from conftest import request, route
 from origin import Origin, free_port
 from pygateway import Gateway
 from pygateway.config import ConfigError
-from pygateway.plugin import Plugin
 from pygateway.store.build import ConfigBuilder
 from pygateway.store.embedded import EmbeddedStore
 
@@ -347,15 +353,6 @@ def test_a_route_write_during_a_plugin_reload_is_not_lost(
 def test_metadata_refused_by_its_plugin_schema_once_stamped_is_never_vouched(
     admin_gateway: Any,
 ) -> None:
-    class StrictMeta(Plugin):
-        name = "strict-meta"
-        priority = 1
-        metadata_schema: ClassVar[dict[str, Any] | None] = {
-            "type": "object",
-            "properties": {"fmt": {"type": "string"}},
-            "additionalProperties": False,
-        }
-
     gw, admin = admin_gateway()
     gw.register_plugin(StrictMeta)
     admin.put("/plugin_metadata/strict-meta", {"fmt": "x"})

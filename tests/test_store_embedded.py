@@ -14,7 +14,7 @@ import pytest
 from admin_client import KEY, Admin
 from conftest import request
 from origin import free_port
-from pygateway.store import Change, StoreUnavailable
+from pygateway.store import Change, StoreError, StoreUnavailable
 from pygateway.store import embedded as embedded_module
 from pygateway.store.embedded import EmbeddedStore
 
@@ -106,12 +106,19 @@ def test_a_second_process_cannot_open_the_same_file(tmp_path: Path) -> None:
     store.close()
 
 
+def compacting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slack: int
+) -> tuple[EmbeddedStore, Path]:
+    """A store in ``tmp_path/s.jsonl`` compacting after ``slack`` spare records."""
+    monkeypatch.setattr(embedded_module, "COMPACT_SLACK", slack)
+    path = tmp_path / "s.jsonl"
+    return opened(path)[0], path
+
+
 def test_compaction_keeps_content_indexes_and_revision(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(embedded_module, "COMPACT_SLACK", 10)
-    path = tmp_path / "s.jsonl"
-    store, _ = opened(path)
+    store, path = compacting(tmp_path, monkeypatch, 10)
     store.put("routes/keep", {"uri": "/k"})
     for i in range(40):
         store.put("routes/churn", {"uri": f"/{i}"})
@@ -125,6 +132,67 @@ def test_compaction_keeps_content_indexes_and_revision(
     assert [c.key for c in heard[0][0]] == ["routes/keep", "routes/last"]
     assert store.get("routes/last") == last
     assert int(store.new_id()) > last.modified_index
+    store.close()
+
+
+def test_every_write_is_on_disk_even_the_one_that_triggers_a_compaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, path = compacting(tmp_path, monkeypatch, 3)
+    for i in range(20):
+        store.put("routes/r", {"uri": f"/{i}"})
+        copy = tmp_path / f"copy{i}.jsonl"
+        copy.write_bytes(path.read_bytes())
+        again, _ = opened(copy)
+        assert again.get("routes/r") is not None and again.get("routes/r").value["uri"] == f"/{i}"
+        again.close()
+    store.close()
+
+
+def test_a_batch_is_one_line_applied_whole_or_not_at_all(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    store, heard = opened(path)
+    store.replace([(f"routes/old{i}", {"uri": f"/o{i}"}) for i in range(3)], [])
+    size = path.stat().st_size
+    new = [(f"routes/new{i}", {"uri": f"/n{i}"}) for i in range(3)]
+    store.replace(new, [f"routes/old{i}" for i in range(3)])
+    assert [c.key for c in heard[-1][0]] == [
+        *(f"routes/old{i}" for i in range(3)),
+        *(f"routes/new{i}" for i in range(3)),
+    ]
+    # created indexes follow the order of the puts
+    created = [store.get(k).created_index for k, _ in new]  # type: ignore[union-attr]
+    assert created == sorted(created) and len(set(created)) == 3
+    store.close()
+    data = path.read_bytes()
+    assert data[size:].count(b"\n") == 1
+    path.write_bytes(data[: size + (len(data) - size) // 2])  # a crash tore the batch
+    store, _ = opened(path)
+    assert [e.key for e in store.items("routes/")] == [f"routes/old{i}" for i in range(3)]
+    store.close()
+
+
+def test_a_failed_write_leaves_file_and_memory_as_they_were(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.jsonl"
+    store, _ = opened(path)
+    store.put("routes/a", {"uri": "/a"})
+    size = path.stat().st_size
+    real_fsync = embedded_module.os.fsync
+
+    def full_disk(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(embedded_module.os, "fsync", full_disk)
+    with pytest.raises(StoreError, match="No space left"):
+        store.put("routes/b", {"uri": "/b"})
+    monkeypatch.setattr(embedded_module.os, "fsync", real_fsync)
+    assert path.stat().st_size == size and store.get("routes/b") is None
+    store.put("routes/c", {"uri": "/c"})
+    store.close()
+    store, _ = opened(path)
+    assert [e.key for e in store.items("routes/")] == ["routes/a", "routes/c"]
     store.close()
 
 

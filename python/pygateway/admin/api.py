@@ -201,9 +201,7 @@ class AdminApi:
     def configs(self, method: str, headers: Mapping[str, str], raw: bytes) -> Answer:
         """``/apisix/admin/configs`` (GET, HEAD, PUT): see :mod:`.configs`."""
         try:
-            if method != "PUT":
-                return configs(self.store, self.catalog, method, headers, raw)
-            with self._write:
+            with self._write:  # a GET never mixes two configurations
                 return configs(self.store, self.catalog, method, headers, raw)
         except StoreUnavailable as err:
             return error_answer(503, str(err))

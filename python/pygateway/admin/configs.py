@@ -20,6 +20,7 @@ mode; a node serving a standalone file answers GET and HEAD and refuses PUT (rea
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ META_KEY = "configs/meta"
 """Where the conf versions, digest and time of the last PUT are kept (not a config object)."""
 
 DIGEST, LAST_MODIFIED = "X-Digest", "X-Last-Modified"
+TIME_FIELDS = ("create_time", "update_time")
 
 
 @dataclass
@@ -67,9 +69,10 @@ def _meta_headers(meta: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _current(store: Store, resource: str) -> list[dict[str, Any]]:
-    """The stored items of one resource, as the standalone file lists them."""
+    """The stored items of one resource, as the standalone file lists them (in the order
+    they were created: a PUT's list order)."""
     found = []
-    for entry in store.items(f"{resource}/"):
+    for entry in sorted(store.items(f"{resource}/"), key=lambda e: (e.created_index, e.key)):
         parts = parse_key(entry.key)
         if parts is not None and parts[0] == resource:
             found.append(entry.value)
@@ -83,7 +86,7 @@ def _export(store: Store) -> dict[str, Any]:
         items = _current(store, resource)
         if items:
             out[resource] = items
-        out[f"{resource}_conf_version"] = int(versions.get(resource, 0))
+        out[f"{resource}_conf_version"] = versions.get(resource, 0)
     return out
 
 
@@ -138,24 +141,33 @@ def _replace(
         return Answer(204)  # accepted, nothing changed
 
     old_versions = meta.get("versions") or {}
-    versions: dict[str, int] = {}
+    versions: dict[str, float] = {}
     effective: dict[str, Any] = {k: v for k, v in data.items() if k in UNSUPPORTED}
     replaced: list[str] = []
     for resource in RESOURCES:
         name = f"{resource}_conf_version"
-        current = int(old_versions.get(resource, 0))
+        current = old_versions.get(resource, 0)
         given = data.get(name)
         if given is None:
             version = current + 1
-        elif isinstance(given, bool) or not isinstance(given, (int, float)):
+        elif (
+            isinstance(given, bool)
+            or not isinstance(given, (int, float))
+            or not math.isfinite(given)
+        ):
             return error_answer(400, f"{name} must be a number")
         elif given < current:
             return error_answer(400, f"{name} must be greater than or equal to ({current})")
         else:
-            version = int(given)
+            version = given  # kept as given, fractions included (as APISIX)
         versions[resource] = version
         if version == current:
-            effective[resource] = _current(store, resource)
+            # kept as they are; checked again only for the references of the others (the
+            # time stamps the Admin API adds are not theirs to judge)
+            effective[resource] = [
+                {k: v for k, v in item.items() if k not in TIME_FIELDS}
+                for item in _current(store, resource)
+            ]
         else:
             effective[resource] = data.get(resource) or []
             replaced.append(resource)
@@ -176,7 +188,9 @@ def _replace(
         puts += [(f"{resource}/{ident}", item.conf) for ident, item in items.items()]
         for entry in store.items(f"{resource}/"):
             parts = parse_key(entry.key)
-            if parts is not None and parts[0] == resource and parts[1] not in items:
+            # a consumer that goes takes its credentials along (as DELETE /consumers/x)
+            gone = parts is not None and parts[1] not in items
+            if gone and parts is not None and parts[0] in (resource, "credentials"):
                 deletes.append(entry.key)
     new_meta = {"versions": versions, DIGEST: digest, LAST_MODIFIED: int(time.time())}
     puts.append((META_KEY, new_meta))
@@ -191,7 +205,7 @@ def _located(resource: str, ident: str | None, message: str, data: Mapping[str, 
         for index, item in enumerate(items):
             if not isinstance(item, dict):
                 continue
-            own = item.get("username") if resource == "consumers" else item.get("id")
+            own = item.get("id", item.get("username") if resource == "consumers" else None)
             if item_id(own if own is not None else f"arr_{index + 1}") == ident:
                 return f"invalid {resource} at index {index}, err: {message}"
     return f"invalid {resource}: {message}" if resource else message

@@ -185,9 +185,13 @@ class AdminServer:
             return _json(413, {"error_msg": f"request body larger than {MAX_BODY} bytes"})
         if path == PREFIX + "/configs" and method in ("GET", "HEAD", "PUT"):
             loop = asyncio.get_running_loop()
-            answer = await loop.run_in_executor(
-                None, self.api.configs, method, request.headers, raw
-            )
+            try:
+                answer = await loop.run_in_executor(
+                    None, self.api.configs, method, request.headers, raw
+                )
+            except Exception:
+                log.exception("admin: %s %s failed", method, request.path)
+                return _json(500, {"error_msg": "internal error, see the gateway log"})
             resp = web.Response(status=answer.status, body=answer.body or None)
             if answer.content_type is not None:
                 resp.content_type = answer.content_type

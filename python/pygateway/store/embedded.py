@@ -4,6 +4,7 @@ Format: an append-only journal of JSON lines, one record per acknowledged write:
 
     {"r": 7, "k": "routes/1", "v": {...}, "c": 5}     # put: revision 7, created at 5
     {"r": 8, "k": "routes/1"}                          # delete (no "v")
+    {"b": [{"r": 9, "k": ...}, {"r": 10, ...}]}        # a batch: one change, all or none
 
 Why a journal rather than rewriting the whole file on each write: a write costs one
 small ``write`` + ``fsync`` whatever the number of stored objects (a 1000-route store
@@ -11,7 +12,9 @@ would otherwise rewrite ~1 MB per change), and a crash can only tear the *last* 
 was never acknowledged (the caller hears back only after ``fsync``). On start a torn last
 line is cut off; a bad line elsewhere is real corruption and refuses the start.
 
-The journal is compacted when it holds more than twice as many records as live objects
+A failed write (disk full...) is cut off the file before the error is reported, so no
+half-written line is left for the next write to follow. The journal is compacted (after the
+write that triggers it is in memory) when it holds more than twice as many lines as live objects
 (plus slack): the live objects are written to ``<file>.tmp``, fsynced, renamed over the
 journal and the directory is fsynced, so the file is always either the old journal or the
 new one. An advisory ``flock`` keeps a second process from writing the same file.
@@ -24,7 +27,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import IO, Any
 
 from .base import Change, Entry, Listener, Store, StoreError, StoreUnavailable
@@ -45,12 +48,24 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _record(revision: int, key: str, entry: Entry | None) -> bytes:
+Record = tuple[int, str, "Entry | None"]
+"""(revision, key, the entry written or None for a delete)."""
+
+
+def _fields(revision: int, key: str, entry: Entry | None) -> dict[str, Any]:
     rec: dict[str, Any] = {"r": revision, "k": key}
     if entry is not None:
         rec["v"] = entry.value
         rec["c"] = entry.created_index
+    return rec
+
+
+def _line(rec: dict[str, Any]) -> bytes:
     return (json.dumps(rec, separators=(",", ":"), ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _record(revision: int, key: str, entry: Entry | None) -> bytes:
+    return _line(_fields(revision, key, entry))
 
 
 class EmbeddedStore(Store):
@@ -124,20 +139,21 @@ class EmbeddedStore(Store):
                 continue
             try:
                 rec = json.loads(line)
-                revision = int(rec["r"])
-                key = str(rec["k"])
+                # A batch (several objects written as one change) is one line: all or none.
+                batch = rec["b"] if isinstance(rec, dict) and "b" in rec else [rec]
+                parsed = [(int(r["r"]), str(r["k"]), r.get("v"), r.get("c")) for r in batch]
             except (ValueError, KeyError, TypeError) as err:
                 raise StoreUnavailable(
                     f"store file {self.path} is corrupt at line {number}: {err}"
                 ) from None
-            self._revision = max(self._revision, revision)
             self._records += 1
-            value = rec.get("v")
-            if isinstance(value, dict):
-                created = int(rec.get("c", revision))
-                self._entries[key] = Entry(key, value, created, revision)
-            else:
-                self._entries.pop(key, None)
+            for revision, key, value, created in parsed:
+                self._revision = max(self._revision, revision)
+                if isinstance(value, dict):
+                    first = int(created) if created is not None else revision
+                    self._entries[key] = Entry(key, value, first, revision)
+                else:
+                    self._entries.pop(key, None)
 
     # -- reads -----------------------------------------------------------------------
 
@@ -165,9 +181,7 @@ class EmbeddedStore(Store):
             revision = self._revision + 1
             created = previous.created_index if previous is not None else revision
             entry = Entry(key, json.loads(json.dumps(value)), created, revision)
-            self._append(revision, [(key, entry)])
-            self._entries[key] = entry
-            self._notify([Change(key, entry)])
+            self._write([(revision, key, entry)])
             return entry, previous is None
 
     def delete(self, key: str) -> Entry | None:
@@ -175,59 +189,64 @@ class EmbeddedStore(Store):
             previous = self._entries.get(key)
             if previous is None:
                 return None
-            self._append(self._revision + 1, [(key, None)])
-            del self._entries[key]
-            self._notify([Change(key, None)])
+            self._write([(self._revision + 1, key, None)])
             return previous
 
     def delete_prefix(self, prefix: str) -> list[Entry]:
         """Delete every key under ``prefix`` in one journal write (a consumer's credentials)."""
         with self._lock:
             gone = [e for k, e in sorted(self._entries.items()) if k.startswith(prefix)]
-            if not gone:
-                return []
-            self._append(self._revision + 1, [(e.key, None) for e in gone])
-            for e in gone:
-                del self._entries[e.key]
-            self._notify([Change(e.key, None) for e in gone])
+            if gone:
+                self._write([(self._revision + 1 + i, e.key, None) for i, e in enumerate(gone)])
             return gone
 
     def replace(self, puts: Sequence[tuple[str, dict[str, Any]]], deletes: Sequence[str]) -> None:
-        """One journal write (one fsync) for every put and delete: all or nothing."""
+        """Delete ``deletes``, then (re)create ``puts`` in their order (their created indexes
+        follow it, as a standalone file's order does): one journal line, all or nothing."""
         with self._lock:
-            revision = self._revision + 1
-            records: list[tuple[str, Entry | None]] = []
+            revision = self._revision
+            records: list[Record] = []
             for key in deletes:
                 if key in self._entries:
-                    records.append((key, None))
+                    revision += 1
+                    records.append((revision, key, None))
             for key, value in puts:
-                previous = self._entries.get(key)
-                created = previous.created_index if previous is not None else revision
-                records.append((key, Entry(key, json.loads(json.dumps(value)), created, revision)))
-            if not records:
-                return
-            self._append(revision, records)
-            for key, written in records:
-                if written is None:
-                    del self._entries[key]
-                else:
-                    self._entries[key] = written
-            self._notify([Change(key, written) for key, written in records])
+                revision += 1
+                entry = Entry(key, json.loads(json.dumps(value)), revision, revision)
+                records.append((revision, key, entry))
+            if records:
+                self._write(records)
 
-    def _append(self, revision: int, records: Iterable[tuple[str, Entry | None]]) -> None:
+    def _write(self, records: list[Record]) -> None:
+        """Append ``records`` as one journal line, ``fsync``, then apply them, tell the
+        listener and compact when due. A failed write leaves file and memory unchanged."""
         f = self._file
         if f is None:
             raise StoreUnavailable(f"store {self.path} is not open")
-        data = b"".join(_record(revision, k, e) for k, e in records)
+        if len(records) == 1:
+            data = _record(*records[0])
+        else:
+            data = _line({"b": [_fields(*r) for r in records]})
+        end = f.seek(0, os.SEEK_END)
         try:
-            f.seek(0, os.SEEK_END)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         except OSError as err:
+            try:  # no half-written line may stay for the next write to follow
+                f.truncate(end)
+                f.flush()
+            except OSError:
+                log.exception("store %s: cannot cut a failed write off", self.path)
             raise StoreError(f"failed to write store file {self.path}: {err.strerror}") from None
-        self._revision = revision
-        self._records += data.count(b"\n")
+        for revision, key, entry in records:
+            self._revision = max(self._revision, revision)
+            if entry is None:
+                self._entries.pop(key, None)
+            else:
+                self._entries[key] = entry
+        self._records += 1
+        self._notify([Change(key, entry) for _, key, entry in records])
         if self._records > 2 * len(self._entries) + COMPACT_SLACK:
             self._compact()
 
