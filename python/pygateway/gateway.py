@@ -494,9 +494,7 @@ class Gateway:
         """Compile and send only what changed to the data plane."""
         with self._lock:
             snapshot = compile_config(config, self._compiled)
-            global_rules = [
-                dict(item.conf.get("plugins") or {}) for item in config.global_rules.values()
-            ]
+            global_rules = _global_rules(config)
             groups: dict[str, Any] = {}
             for route in snapshot.routes.values():
                 self._route_plan(route, config, global_rules, groups)
@@ -510,14 +508,8 @@ class Gateway:
                 k: dict(i.conf) for k, i in config.consumer_groups.items()
             }
             first = not self._config or force
-            changes = full(snapshot) if first else diff(self._snapshot, snapshot)
-            if first:  # a forced one (plugins reloaded) also drops what is no longer valid
-                changes["delete_routes"] = [
-                    r for r in self._snapshot.routes if r not in snapshot.routes
-                ]
-                changes["delete_upstreams"] = [
-                    k for k in self._snapshot.upstreams if k not in snapshot.upstreams
-                ]
+            # a forced one (plugins reloaded) also drops what is no longer valid
+            changes = full(snapshot, self._snapshot) if first else diff(self._snapshot, snapshot)
             metadata = {k: dict(i.conf) for k, i in config.plugin_metadata.items()}
             if first or metadata != self._sent_metadata:
                 changes["plugin_metadata"] = metadata  # type: ignore[assignment]
@@ -552,8 +544,10 @@ class Gateway:
             )
             for ident in upstream_ids:
                 entry = store.get(f"upstreams/{ident}")
-                upstream = self._builder.item("upstreams", ident, entry, config) if entry else None
-                if upstream is None or ident not in current.upstreams:
+                if entry is None or ident not in current.upstreams:
+                    return False  # deleted or created: routes referring to it go or appear
+                upstream = self._builder.item("upstreams", ident, entry, config)
+                if upstream is None:
                     return False
                 config.upstreams[ident] = upstream
             for ident in ids:
@@ -569,9 +563,7 @@ class Gateway:
             snapshot = Snapshot(routes=dict(old.routes), upstreams=dict(old.upstreams))
             for ident in upstream_ids:
                 compile_upstream_into(snapshot, config.upstreams[ident], self._compiled)
-            global_rules = [
-                dict(item.conf.get("plugins") or {}) for item in config.global_rules.values()
-            ]
+            global_rules = _global_rules(config)
             for ident in ids:
                 snapshot.routes.pop(ident, None)
                 snapshot.upstreams.pop(f"routes/{ident}", None)
@@ -608,3 +600,8 @@ class Gateway:
         self._config = config
         for warning in config.warnings:
             log.warning("config: %s", warning)
+
+
+def _global_rules(config: Config) -> list[dict[str, Any]]:
+    """The ``plugins`` of each global rule."""
+    return [dict(item.conf.get("plugins") or {}) for item in config.global_rules.values()]

@@ -23,7 +23,7 @@ from ..config.schema import SCHEMAS
 from ..config.standalone import REFERENCES, UNSUPPORTED, item_id
 from ..plugin import PluginRegistry
 from ..store.base import Entry, Store, StoreError, StoreUnavailable
-from .configs import Answer, configs, error_answer
+from .configs import TIME_FIELDS, Answer, configs, error_answer
 
 __all__ = ["AdminApi", "Reply"]
 
@@ -31,7 +31,6 @@ Reply = tuple[int, Any]
 """(HTTP status, JSON-serialisable body)."""
 
 NOT_FOUND: Reply = (404, {"message": "Key not found"})
-TIME_FIELDS = ("create_time", "update_time")
 
 # The key field of each auth plugin, for "duplicate key found with consumer" (APISIX's map).
 PLUGIN_KEY_FIELDS = {"key-auth": "key", "basic-auth": "username", "jwt-auth": "key"}

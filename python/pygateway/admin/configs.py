@@ -79,8 +79,8 @@ def _current(store: Store, resource: str) -> list[dict[str, Any]]:
     return found
 
 
-def _export(store: Store) -> dict[str, Any]:
-    versions = _meta(store).get("versions") or {}
+def _export(store: Store, meta: Mapping[str, Any]) -> dict[str, Any]:
+    versions = meta.get("versions") or {}
     out: dict[str, Any] = {}
     for resource in RESOURCES:
         items = _current(store, resource)
@@ -100,23 +100,28 @@ def configs(
     """Answer one request to ``/apisix/admin/configs`` (``headers``: case-insensitive)."""
     if not store.replaceable and not store.read_only:
         return error_answer(404, "Unsupported resource type: configs")
+    meta = _meta(store)
     if method == "HEAD":
-        return Answer(200, headers=_meta_headers(_meta(store)))
+        return Answer(200, headers=_meta_headers(meta))
     if method == "GET":
-        data = _export(store)
-        extra = _meta_headers(_meta(store))
+        data = _export(store, meta)
+        extra = _meta_headers(meta)
         if headers.get("Accept", "").startswith("application/yaml"):
             text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
             return Answer(200, text.encode(), "application/yaml", extra)
         body = json.dumps(data, ensure_ascii=False).encode()
         return Answer(200, body, "application/json", extra)
     if method == "PUT":
-        return _replace(store, catalog, headers, raw)
+        return _replace(store, catalog, meta, headers, raw)
     return error_answer(404, "not found")
 
 
 def _replace(
-    store: Store, catalog: PluginCatalog, headers: Mapping[str, str], raw: bytes
+    store: Store,
+    catalog: PluginCatalog,
+    meta: Mapping[str, Any],
+    headers: Mapping[str, str],
+    raw: bytes,
 ) -> Answer:
     digest = headers.get(DIGEST)
     if not digest:
@@ -136,7 +141,6 @@ def _replace(
         return error_answer(400, "invalid request body: expected an object")
     if store.read_only:
         store.replace((), ())  # raises the store's refusal, answered as for any write
-    meta = _meta(store)
     if meta.get(DIGEST) == digest:
         return Answer(204)  # accepted, nothing changed
 

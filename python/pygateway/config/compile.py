@@ -278,11 +278,15 @@ def _empty() -> ChangeSet:
     }
 
 
-def full(snapshot: Snapshot) -> ChangeSet:
-    """The change set of a full load: everything upserted, nothing deleted."""
+def full(snapshot: Snapshot, previous: Snapshot | None = None) -> ChangeSet:
+    """The change set of a full load: everything upserted, and what ``previous`` had that
+    ``snapshot`` has not deleted."""
     changes = _empty()
     changes["upsert_upstreams"] = [copy.deepcopy(u) for u in snapshot.upstreams.values()]
     changes["upsert_routes"] = [copy.deepcopy(r) for r in snapshot.routes.values()]
+    if previous is not None:
+        changes["delete_upstreams"] = [k for k in previous.upstreams if k not in snapshot.upstreams]
+        changes["delete_routes"] = [r for r in previous.routes if r not in snapshot.routes]
     return changes
 
 
