@@ -8,7 +8,7 @@ use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 
 use crate::config::ChangeSet;
-use crate::pipeline::{Changes, Job, Outcome, Phase};
+use crate::pipeline::{Changes, Job, Outcome, Phase, Reply};
 use crate::router::PathMode;
 use crate::server::{Gateway, GatewayError, Settings};
 
@@ -123,13 +123,7 @@ impl PyDataPlane {
             .map(|job| PyJob {
                 phase: job.phase,
                 reply: Mutex::new(job.reply),
-                body: job.body,
-                job: Job {
-                    reply: None,
-                    body: None,
-                    ..job
-                },
-                bridge: bridge.clone(),
+                job: Job { reply: None, ..job },
             })
             .collect()
     }
@@ -139,9 +133,9 @@ impl PyDataPlane {
         self.inner.bridge().interrupt();
     }
 
-    /// Delivers the outcomes of completed jobs (call after each batch).
-    fn flush(&self) {
-        self.inner.bridge().flush();
+    /// No runner takes plugin jobs any more: queued and later ones fail their requests.
+    fn close_jobs(&self) {
+        self.inner.bridge().close();
     }
 }
 
@@ -150,9 +144,7 @@ impl PyDataPlane {
 struct PyJob {
     phase: Phase,
     job: Job,
-    reply: Mutex<Option<tokio::sync::oneshot::Sender<Outcome>>>,
-    body: Option<tokio::sync::mpsc::UnboundedSender<crate::pipeline::BodyRequest>>,
-    bridge: std::sync::Arc<crate::pipeline::Bridge>,
+    reply: Mutex<Option<Reply>>,
 }
 
 fn pairs(h: &http::HeaderMap) -> Vec<(String, String)> {
@@ -168,12 +160,12 @@ fn pairs(h: &http::HeaderMap) -> Vec<(String, String)> {
 
 impl PyJob {
     fn complete(&self, outcome: Outcome) -> PyResult<()> {
-        let tx = self
+        let reply = self
             .reply
             .lock()
             .take()
             .ok_or_else(|| CoreError::new_err("this job was already completed"))?;
-        self.bridge.complete_later(tx, outcome);
+        reply.send(outcome);
         Ok(())
     }
 }
@@ -261,14 +253,22 @@ impl PyJob {
         py: Python<'py>,
         limit: usize,
     ) -> PyResult<Option<Bound<'py, pyo3::types::PyBytes>>> {
-        let Some(tx) = self.body.as_ref() else {
+        if !matches!(self.phase, Phase::Request | Phase::Late) {
             return Err(CoreError::new_err(
                 "the request body can only be read in rewrite, access or before_proxy",
             ));
-        };
+        }
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
-        tx.send(crate::pipeline::BodyRequest { limit, reply })
-            .map_err(|_| CoreError::new_err("the request is gone"))?;
+        {
+            // Ask on the crossing's channel; its outcome then comes on a fresh one.
+            let mut slot = self.reply.lock();
+            let Some(current) = slot.take() else {
+                return Err(CoreError::new_err("this job was already completed"));
+            };
+            let (rest, next) = current.renew();
+            *slot = Some(rest);
+            current.send(Outcome::NeedBody { limit, reply, next });
+        }
         let got = py
             .detach(move || answer.recv_timeout(Duration::from_secs(120)))
             .map_err(|_| CoreError::new_err("the request body did not arrive"))?;

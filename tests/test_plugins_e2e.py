@@ -184,6 +184,24 @@ def test_plugin_exception_is_500_and_gateway_keeps_serving(plugin_gateway, origi
     assert request(gw.url, "/ok").status == 200
 
 
+def test_without_a_plugin_runner_plugin_routes_fail_at_once(plugin_gateway, origin, engine):
+    if engine != "native":
+        pytest.skip("the python engine runs plugins on its own loop, not a runner thread")
+    gw = plugin_gateway(
+        [
+            route("/plain", origin.addr),
+            route("/plugin", origin.addr, plugins={"test-recorder": {}}),
+        ]
+    )
+    assert request(gw.url, "/plugin").status == 200
+    assert gw._runner is not None
+    gw._runner.stop()  # what a crashed runner thread leaves behind
+    r = request(gw.url, "/plugin", timeout=5)
+    assert r.status == 500, "a request waited for a runner that is gone"
+    assert r.json() == {"error_msg": "internal error"}
+    assert request(gw.url, "/plain").status == 200, "routes without plugins are unaffected"
+
+
 def test_async_plugin_does_not_block_other_requests(plugin_gateway, origin):
     gw = plugin_gateway(
         [

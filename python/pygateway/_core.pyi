@@ -38,8 +38,8 @@ class DataPlane:
         """Every queued plugin job, waiting up to ``timeout`` seconds (without the GIL)."""
     def interrupt(self) -> None:
         """End a ``wait_jobs`` in progress (or the next one) at once."""
-    def flush(self) -> None:
-        """Deliver the outcomes of completed jobs (one wake-up of the data plane per batch)."""
+    def close_jobs(self) -> None:
+        """No runner takes plugin jobs any more: queued and later ones fail their requests."""
 
 @final
 class Job:

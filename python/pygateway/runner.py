@@ -2,9 +2,10 @@
 
 The data plane never takes the GIL: it queues jobs. The plugin thread waits for them in
 Rust without the GIL (``DataPlane.wait_jobs``, woken only when it sleeps), takes every
-queued job, runs sync phases inline and completes each job with the plugins' decision, then
-delivers the whole batch at once. Async phases run as tasks on an asyncio loop in a second
-thread, so awaiting plugins never hold up the sync ones.
+queued job, runs sync phases inline and completes each job with the plugins' decision (the
+data plane gets it at once, and is woken once for what arrives before it looks). Async
+phases run as tasks on an asyncio loop in a second thread, so awaiting plugins never hold
+up the sync ones.
 """
 
 from __future__ import annotations
@@ -265,6 +266,13 @@ class PluginRunner:
         return done.result(timeout)
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            # Jobs left behind, and later ones, fail their requests instead of waiting.
+            self._plane.close_jobs()
+
+    def _serve(self) -> None:
         plane = self._plane
         while self._running:
             jobs = plane.wait_jobs(0.5)
@@ -274,7 +282,6 @@ class PluginRunner:
                 except Exception:
                     log.exception("plugin runner failed on a %s job", job.phase)
                     self._fail(job)
-            plane.flush()
             while self._calls:
                 fn, done = self._calls.popleft()
                 try:
@@ -410,8 +417,6 @@ class PluginRunner:
                 done(await coro)
             except Exception:
                 log.exception("async plugin phase failed")
-            finally:
-                self._plane.flush()
 
         def schedule() -> None:
             # The loop keeps only weak references to tasks: hold them until they finish.

@@ -3,10 +3,15 @@
 //!
 //! A job goes into a queue; the runner thread waits for jobs in Rust, without the GIL (as
 //! Granian's blocking workers do), and is woken through a condition variable only when it
-//! actually sleeps. It takes every queued job in one GIL section, runs the phase, and
-//! completes the job, which wakes the waiting request task through a oneshot channel.
-//! Under load many jobs share one wake-up, and a busy runner is never signalled at all.
+//! actually sleeps. It takes every queued job in one GIL section and runs the phases.
+//!
+//! Each outcome goes back as soon as its job is done (the data plane proxies one request
+//! while Python runs the next), through the [`Mailbox`] of the data-plane thread that
+//! waits for it: a thread is woken once for whatever arrives before it looks, not once per
+//! outcome (a wake from another thread is a system call, and often an idle CPU to rouse).
+//! Under load a busy runner is never signalled, and a busy data-plane thread rarely.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,7 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode, Uri};
 use parking_lot::{Condvar, Mutex};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 /// Which crossing a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +128,16 @@ pub enum Outcome {
     },
     /// body_filter result: what to send instead of the chunk.
     Chunk(Bytes),
+    /// A request-phase plugin asks for the whole client body, at most `limit` bytes; the
+    /// crossing's outcome then comes through `next`.
+    NeedBody {
+        /// The most bytes accepted.
+        limit: usize,
+        /// The body, or `None` when it is larger than `limit`, or an error text.
+        reply: std::sync::mpsc::SyncSender<Result<Option<Bytes>, String>>,
+        /// Where the rest of the crossing answers.
+        next: oneshot::Receiver<Outcome>,
+    },
     /// header_filter result: the response status and headers to send.
     Response {
         /// Status.
@@ -143,19 +158,87 @@ pub struct Job {
     /// The response, for header_filter and log.
     pub response: Option<ResponseData>,
     /// Where the outcome goes (none for log).
-    pub reply: Option<oneshot::Sender<Outcome>>,
-    /// Request phases: where a plugin asks for the client's body.
-    pub body: Option<tokio::sync::mpsc::UnboundedSender<BodyRequest>>,
+    pub reply: Option<Reply>,
     /// body_filter: the chunk and whether it is the last one.
     pub chunk: Option<(Bytes, bool)>,
 }
 
-/// A plugin asks for the whole client body, at most `limit` bytes.
-pub struct BodyRequest {
-    /// The most bytes accepted.
-    pub limit: usize,
-    /// The body, or `None` when it is larger than `limit`, or an error text.
-    pub reply: std::sync::mpsc::SyncSender<Result<Option<Bytes>, String>>,
+/// Where a job's outcome goes: the waiting request's channel, through the mailbox of its
+/// data-plane thread. Dropped unanswered, the request sees the runner gave up.
+pub struct Reply {
+    tx: oneshot::Sender<Outcome>,
+    home: Option<Arc<Mailbox>>,
+}
+
+impl Reply {
+    /// A reply channel for the calling thread (its mailbox, when it is a data-plane thread).
+    pub fn channel() -> (Reply, oneshot::Receiver<Outcome>) {
+        let (tx, rx) = oneshot::channel();
+        let home = HOME.with(|h| h.borrow().clone());
+        (Reply { tx, home }, rx)
+    }
+
+    /// A second channel to the same thread (the rest of a crossing that asked for the body).
+    pub fn renew(&self) -> (Reply, oneshot::Receiver<Outcome>) {
+        let (tx, rx) = oneshot::channel();
+        let home = self.home.clone();
+        (Reply { tx, home }, rx)
+    }
+
+    /// Sends the outcome now.
+    pub fn send(self, outcome: Outcome) {
+        match self.home {
+            Some(home) => home.deliver(self.tx, outcome),
+            // The request may be gone (client closed): nothing to do then.
+            None => drop(self.tx.send(outcome)),
+        }
+    }
+}
+
+/// Outcomes on their way to one data-plane thread.
+pub struct Mailbox {
+    items: Mutex<Vec<(oneshot::Sender<Outcome>, Outcome)>>,
+    ready: Notify,
+}
+
+thread_local! {
+    static HOME: RefCell<Option<Arc<Mailbox>>> = const { RefCell::new(None) };
+}
+
+impl Mailbox {
+    /// Opens the calling thread's mailbox; [`Mailbox::serve`] must run on this thread.
+    pub fn open() -> Arc<Mailbox> {
+        let m = Arc::new(Mailbox {
+            items: Mutex::new(Vec::new()),
+            ready: Notify::new(),
+        });
+        HOME.with(|h| *h.borrow_mut() = Some(m.clone()));
+        m
+    }
+
+    fn deliver(&self, tx: oneshot::Sender<Outcome>, outcome: Outcome) {
+        let first = {
+            let mut items = self.items.lock();
+            items.push((tx, outcome));
+            items.len() == 1
+        };
+        // Later ones ride on the first one's wake: serve takes everything there.
+        if first {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Hands arriving outcomes to their requests, on the mailbox's own thread (waking a
+    /// task of this thread is no system call).
+    pub async fn serve(self: Arc<Self>) {
+        loop {
+            self.ready.notified().await;
+            let items = std::mem::take(&mut *self.items.lock());
+            for (tx, outcome) in items {
+                let _ = tx.send(outcome);
+            }
+        }
+    }
 }
 
 /// The queue between data-plane threads and the Python runner.
@@ -166,7 +249,8 @@ pub struct Bridge {
     sleeping: AtomicBool,
     /// [`Bridge::interrupt`] was called: the next wait returns at once.
     interrupted: AtomicBool,
-    outbox: Mutex<Vec<(oneshot::Sender<Outcome>, Outcome)>>,
+    /// [`Bridge::close`] was called: no runner takes jobs any more.
+    closed: AtomicBool,
     next_id: AtomicU64,
 }
 
@@ -178,7 +262,7 @@ impl Bridge {
             ready: Condvar::new(),
             sleeping: AtomicBool::new(false),
             interrupted: AtomicBool::new(false),
-            outbox: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
         })
     }
@@ -193,6 +277,12 @@ impl Bridge {
     pub fn submit(&self, job: Job) {
         let sleeping = {
             let mut q = self.queue.lock();
+            if self.closed.load(Ordering::Relaxed) {
+                // Dropped (after the lock): its request fails now rather than wait forever.
+                drop(q);
+                drop(job);
+                return;
+            }
             q.push_back(job);
             self.sleeping.load(Ordering::Relaxed)
         };
@@ -209,19 +299,15 @@ impl Bridge {
         self.ready.notify_all();
     }
 
-    /// Holds an outcome until [`Bridge::flush`]: completing a batch of jobs together wakes
-    /// the data-plane thread once instead of once per job.
-    pub fn complete_later(&self, reply: oneshot::Sender<Outcome>, outcome: Outcome) {
-        self.outbox.lock().push((reply, outcome));
-    }
-
-    /// Delivers every held outcome.
-    pub fn flush(&self) {
-        let done = std::mem::take(&mut *self.outbox.lock());
-        for (reply, outcome) in done {
-            // The request may be gone (client closed): nothing to do then.
-            let _ = reply.send(outcome);
-        }
+    /// The runner is gone: drops the queued jobs and every later one (their requests
+    /// fail at once).
+    pub fn close(&self) {
+        let left = {
+            let mut q = self.queue.lock();
+            self.closed.store(true, Ordering::Relaxed);
+            std::mem::take(&mut *q)
+        };
+        drop(left);
     }
 
     /// Takes every queued job, waiting up to `timeout` for one when there is none (or
@@ -243,7 +329,7 @@ mod tests {
     use super::*;
 
     fn job(bridge: &Bridge) -> (Job, oneshot::Receiver<Outcome>) {
-        let (tx, rx) = oneshot::channel();
+        let (reply, rx) = Reply::channel();
         let req = RequestData {
             id: bridge.next_request_id(),
             method: Method::GET,
@@ -262,8 +348,7 @@ mod tests {
                 phase: Phase::Request,
                 request: Arc::new(req),
                 response: None,
-                reply: Some(tx),
-                body: None,
+                reply: Some(reply),
                 chunk: None,
             },
             rx,
@@ -303,26 +388,92 @@ mod tests {
     }
 
     #[test]
-    fn held_outcomes_arrive_on_flush() {
-        let b = Bridge::new().unwrap();
-        let (j, mut rx) = job(&b);
-        b.submit(j);
-        let mut jobs = b.wait_all(NOW);
-        let tx = jobs[0].reply.take().unwrap();
-        b.complete_later(tx, Outcome::Continue(Changes::default()));
-        assert!(rx.try_recv().is_err(), "delivered before flush");
-        b.flush();
-        assert!(matches!(rx.try_recv(), Ok(Outcome::Continue(_))));
-    }
-
-    #[test]
-    fn completing_a_job_wakes_the_waiter() {
+    fn outside_a_data_plane_thread_a_reply_goes_straight_to_the_waiter() {
         let b = Bridge::new().unwrap();
         let (j, rx) = job(&b);
         b.submit(j);
         let mut jobs = b.wait_all(NOW);
-        let tx = jobs[0].reply.take().unwrap();
-        tx.send(Outcome::Continue(Changes::default())).unwrap();
+        jobs[0]
+            .reply
+            .take()
+            .unwrap()
+            .send(Outcome::Continue(Changes::default()));
         assert!(matches!(rx.blocking_recv(), Ok(Outcome::Continue(_))));
+    }
+
+    #[test]
+    fn after_close_jobs_are_refused_at_once() {
+        let b = Bridge::new().unwrap();
+        let (queued, before) = job(&b);
+        b.submit(queued);
+        b.close();
+        assert!(before.blocking_recv().is_err(), "a queued job is dropped");
+        let (late, after) = job(&b);
+        b.submit(late);
+        assert!(after.blocking_recv().is_err(), "a later job is dropped");
+        assert!(b.wait_all(NOW).is_empty());
+    }
+
+    #[test]
+    fn a_dropped_reply_tells_the_waiter() {
+        let b = Bridge::new().unwrap();
+        let (j, rx) = job(&b);
+        drop(j);
+        assert!(rx.blocking_recv().is_err());
+    }
+
+    #[test]
+    fn replies_from_another_thread_arrive_through_the_mailbox_with_one_wake() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let home = Mailbox::open();
+            tokio::spawn(home.clone().serve());
+            let b = Arc::new(Bridge::new().unwrap());
+            let mut waiting = Vec::new();
+            for _ in 0..5 {
+                let (j, rx) = job(&b);
+                b.submit(j);
+                waiting.push(rx);
+            }
+            let runner = {
+                let b = b.clone();
+                std::thread::spawn(move || {
+                    let jobs = b.wait_all(NOW);
+                    for mut j in jobs {
+                        let reply = j.reply.take().unwrap();
+                        assert!(reply.home.is_some(), "made on a thread with a mailbox");
+                        reply.send(Outcome::Chunk(Bytes::from_static(b"x")));
+                    }
+                })
+            };
+            runner.join().unwrap();
+            // Every outcome is held in the mailbox until this thread serves it.
+            assert_eq!(home.items.lock().len(), 5);
+            for rx in waiting {
+                assert!(matches!(rx.await, Ok(Outcome::Chunk(_))));
+            }
+            assert!(home.items.lock().is_empty());
+        });
+    }
+
+    #[test]
+    fn a_second_channel_goes_to_the_same_thread() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let home = Mailbox::open();
+            tokio::spawn(home.clone().serve());
+            let (first, _rx) = Reply::channel();
+            let (second, rx) = first.renew();
+            assert!(Arc::ptr_eq(second.home.as_ref().unwrap(), &home));
+            std::thread::spawn(move || second.send(Outcome::Chunk(Bytes::new())))
+                .join()
+                .unwrap();
+            assert!(matches!(rx.await, Ok(Outcome::Chunk(_))));
+        });
     }
 }

@@ -15,7 +15,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::Sleep;
 
 use crate::limit::ConnGuard;
-use crate::pipeline::{Bridge, Job, Outcome, Phase, RequestData};
+use crate::pipeline::{Bridge, Job, Outcome, Phase, Reply, RequestData};
 use crate::upstream::h1::{BodyReader, Chunk};
 use crate::upstream::pool::Pool;
 use tokio::sync::oneshot;
@@ -245,13 +245,12 @@ impl FilteredBody {
     }
 
     fn submit(&mut self, data: Bytes, eof: bool) {
-        let (tx, rx) = oneshot::channel();
+        let (reply, rx) = Reply::channel();
         self.bridge.submit(Job {
             phase: Phase::Body,
             request: self.request.clone(),
             response: None,
-            reply: Some(tx),
-            body: None,
+            reply: Some(reply),
             chunk: Some((data, eof)),
         });
         self.pending = Some(rx);

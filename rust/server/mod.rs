@@ -321,6 +321,8 @@ async fn run_worker(
     shutdown: watch::Receiver<Option<Duration>>,
     header_read_timeout: Duration,
 ) {
+    // Plugin outcomes for this thread's requests.
+    tokio::spawn(crate::pipeline::Mailbox::open().serve());
     let mut tasks = Vec::new();
     for l in listeners {
         match TcpListener::from_std(l) {

@@ -8,14 +8,12 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response, StatusCode, Uri};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::body::{FilteredBody, RequestBody, ResponseBody};
 use super::proxy::{RouteEntry, SERVER};
 use super::request::RequestView;
-use crate::pipeline::{
-    BodyRequest, Bridge, Changes, Job, Outcome, Phase, RequestData, ResponseData,
-};
+use crate::pipeline::{Bridge, Changes, Job, Outcome, Phase, Reply, RequestData, ResponseData};
 use crate::router::Matched;
 
 /// The route has plugins with rewrite / access / before_proxy.
@@ -29,10 +27,6 @@ pub const BODY: u8 = 8;
 /// The route's request plugins all run after its native limiters: no first crossing, only
 /// the late one.
 pub const LATE: u8 = 16;
-
-/// The most a crossing may take before the request fails: the runner applies its own,
-/// shorter, per-phase timeout (504); this one only guards against a runner that is gone.
-const CROSSING_LIMIT: Duration = Duration::from_secs(60);
 
 /// Phase names from the control plane → the crossing bits.
 pub fn phase_bits(names: &[String]) -> u8 {
@@ -77,23 +71,24 @@ pub fn request_data(
     })
 }
 
-/// Hands one phase to the Python runner and waits for its outcome.
+/// Hands one phase to the Python runner and waits for its outcome. The runner answers
+/// every job (a plugin that overruns gets its phase's timeout, 504) or drops it, so no
+/// timer is needed here.
 pub async fn cross(
     bridge: &Bridge,
     phase: Phase,
     request: &Arc<RequestData>,
     response: Option<ResponseData>,
 ) -> Option<Outcome> {
-    let (tx, rx) = oneshot::channel();
+    let (reply, rx) = Reply::channel();
     bridge.submit(Job {
         phase,
         request: request.clone(),
         response,
-        reply: Some(tx),
-        body: None,
+        reply: Some(reply),
         chunk: None,
     });
-    finish(phase, tokio::time::timeout(CROSSING_LIMIT, rx).await)
+    finish(phase, rx.await)
 }
 
 /// A request crossing ([`Phase::Request`] or [`Phase::Late`]): while plugins run, serves
@@ -105,42 +100,34 @@ pub async fn cross_request(
     body: &mut RequestBody,
     read_timeout: Duration,
 ) -> Option<Outcome> {
-    let (tx, mut rx) = oneshot::channel();
-    let (body_tx, mut body_rx) = mpsc::unbounded_channel::<BodyRequest>();
+    let (reply, mut rx) = Reply::channel();
     bridge.submit(Job {
         phase,
         request: request.clone(),
         response: None,
-        reply: Some(tx),
-        body: Some(body_tx),
+        reply: Some(reply),
         chunk: None,
     });
-    let limit = tokio::time::sleep(CROSSING_LIMIT);
-    tokio::pin!(limit);
     loop {
-        tokio::select! {
-            outcome = &mut rx => return finish::<()>(phase, Ok(outcome)),
-            Some(ask) = body_rx.recv() => {
-                let got = body.buffer(ask.limit, read_timeout).await;
-                let _ = ask.reply.send(got);
+        match rx.await {
+            Ok(Outcome::NeedBody { limit, reply, next }) => {
+                let _ = reply.send(body.buffer(limit, read_timeout).await);
+                rx = next;
             }
-            _ = &mut limit => return finish(phase, Err(())),
+            got => return finish(phase, got),
         }
     }
 }
 
-fn finish<E>(
-    phase: Phase,
-    got: Result<Result<Outcome, oneshot::error::RecvError>, E>,
-) -> Option<Outcome> {
+fn finish(phase: Phase, got: Result<Outcome, oneshot::error::RecvError>) -> Option<Outcome> {
     match got {
-        Ok(Ok(outcome)) => Some(outcome),
-        Ok(Err(_)) => {
-            log::error!("plugin runner dropped a {} job", phase.name());
+        Ok(Outcome::NeedBody { .. }) => {
+            log::error!("a {} job asked for the request body", phase.name());
             None
         }
+        Ok(outcome) => Some(outcome),
         Err(_) => {
-            log::error!("plugin runner did not answer a {} job", phase.name());
+            log::error!("plugin runner dropped a {} job", phase.name());
             None
         }
     }
@@ -170,7 +157,6 @@ pub fn cancel_late(bridge: &Bridge, request: &Arc<RequestData>) {
         request: request.clone(),
         response: None,
         reply: None,
-        body: None,
         chunk: None,
     });
 }
@@ -189,7 +175,6 @@ pub fn log_after(
             headers: resp.headers().clone(),
         }),
         reply: None,
-        body: None,
         chunk: None,
     };
     match resp.body_mut() {
