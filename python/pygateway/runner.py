@@ -17,9 +17,10 @@ import json
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar, cast, overload
 from urllib.parse import quote
 
 from . import _core
@@ -77,6 +78,35 @@ class PluginView:
     plugin_metadata: Mapping[str, dict[str, Any]] = field(default_factory=dict)
 
 
+T = TypeVar("T")
+
+
+class Lazy(Generic[T]):
+    """A :class:`NativeCtx` attribute made from the job on first read, then a plain instance
+    attribute (a non-data descriptor: the instance's dict wins once filled). No exception
+    is raised on the way, as ``__getattr__`` would need."""
+
+    __slots__ = ("make", "name")
+
+    def __init__(self, make: Callable[[NativeCtx], T]) -> None:
+        self.make = make
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> Lazy[T]: ...
+    @overload
+    def __get__(self, obj: NativeCtx, owner: type | None = None) -> T: ...
+    def __get__(self, obj: NativeCtx | None, owner: type | None = None) -> T | Lazy[T]:
+        if obj is None:
+            return self
+        value = self.make(obj)
+        obj.__dict__[self.name] = value
+        return value
+
+
 class NativeCtx(SimpleCtx):
     """A :class:`SimpleCtx` over a native job, filled on first use.
 
@@ -85,6 +115,10 @@ class NativeCtx(SimpleCtx):
     those ``SimpleCtx.__init__`` sets; once made they are plain attributes.
     """
 
+    _job: _core.Job
+    _route: Mapping[str, Any]
+    _view: PluginView
+
     # Defaults read from the class until a phase sets them on the instance.
     consumer: dict[str, Any] | None = None
     consumer_name: str | None = None
@@ -92,9 +126,42 @@ class NativeCtx(SimpleCtx):
     plugin_name = ""
     plugin_global = False
     log: logging.Logger = PLUGIN_LOG
+    scheme = "http"
+    status = 200
+    client_max_body_size: int | None = PLUGIN_BODY_LIMIT
+    _body: bytes | None = None
+
+    # Made from the job (or the route, or the config view) when first read.
+    changes = Lazy(lambda c: UpstreamChanges())
+    state: Lazy[dict[str, Any]] = Lazy(lambda c: {})
+    _headers = Lazy(lambda c: c._fetch_headers())
+    _method = Lazy(lambda c: c._job.method)
+    _uri = Lazy(lambda c: c._job.path)
+    _query = Lazy(lambda c: c._job.query or "")
+    _args = Lazy(lambda c: parse_args(c._query))
+    _host = Lazy(lambda c: c._job.host)
+    remote_addr = Lazy(lambda c: c._job.remote_addr)
+    server_port = Lazy(lambda c: c._job.server_port)
+    route_id: Lazy[str | None] = Lazy(lambda c: c._job.route_id)
+    route_name: Lazy[str | None] = Lazy(lambda c: c._route.get("name"))
+    service_id: Lazy[str | None] = Lazy(lambda c: c._route.get("service_id"))
+    params: Lazy[dict[str, Any]] = Lazy(lambda c: dict(c._job.params()))
+    request_uri = Lazy(lambda c: c._job.request_uri)
+    _body_reader: Lazy[Callable[[], bytes] | Callable[[], Awaitable[bytes]] | None] = Lazy(
+        lambda c: c._read_body
+    )
+    # Only read: the view's own, not copies.
+    _consumers: Lazy[list[dict[str, Any]]] = Lazy(lambda c: cast(Any, c._view.consumers))
+    _plugin_metadata: Lazy[dict[str, dict[str, Any]]] = Lazy(
+        lambda c: cast(Any, c._view.plugin_metadata)
+    )
+    _plugin_attr: Lazy[dict[str, dict[str, Any]]] = Lazy(lambda c: {})
+    response_headers = Lazy(lambda c: Headers())
+    # A weak reference back: no cycle, the ctx is freed when its request ends.
+    var = Lazy(lambda c: Vars(cast(SimpleCtx, weakref.proxy(c))))
 
     def __init__(self, job: _core.Job, route: Mapping[str, Any], view: PluginView) -> None:
-        # SimpleCtx.__init__ is not called: __getattr__ makes its attributes on demand.
+        # SimpleCtx.__init__ is not called: the attributes it sets are made on demand.
         self._job = job
         self._route = route
         self._view = view
@@ -120,8 +187,9 @@ class NativeCtx(SimpleCtx):
         # The request headers were not read: record the change only, it is applied when
         # (if ever) they are fetched.
         key = name.lower()
-        self.changes.removed_headers.discard(key)
-        self.changes.set_headers[key] = (name, str(value))
+        changes = self.changes
+        changes.removed_headers.discard(key)
+        changes.set_headers[key] = (name, str(value))
 
     def remove_header(self, name: str) -> None:
         if "_headers" in self.__dict__:
@@ -131,8 +199,8 @@ class NativeCtx(SimpleCtx):
         self.changes.set_headers.pop(key, None)
         self.changes.removed_headers.add(key)
 
-    def _fetch_headers(self, job: _core.Job) -> Headers:
-        headers = Headers(job.headers())
+    def _fetch_headers(self) -> Headers:
+        headers = Headers(self._job.headers())
         changes = self.changes
         for key in changes.removed_headers:
             if key in headers:
@@ -140,66 +208,6 @@ class NativeCtx(SimpleCtx):
         for name, value in changes.set_headers.values():
             headers[name] = value
         return headers
-
-    def __getattr__(self, name: str) -> Any:
-        job = self.__dict__.get("_job")
-        if job is None:  # not made by __init__ (copy, pickle): nothing to fill from
-            raise AttributeError(name)
-        value: Any
-        if name == "changes":
-            value = UpstreamChanges()
-        elif name == "state":
-            value = {}
-        elif name == "_headers":
-            value = self._fetch_headers(job)
-        elif name == "_method":
-            value = job.method
-        elif name == "_uri":
-            value = job.path
-        elif name == "_query":
-            value = job.query or ""
-        elif name == "_args":
-            value = parse_args(self._query)
-        elif name == "_host":
-            value = job.host
-        elif name == "scheme":
-            value = "http"
-        elif name == "remote_addr":
-            value = job.remote_addr
-        elif name == "server_port":
-            value = job.server_port
-        elif name == "route_id":
-            value = job.route_id
-        elif name == "route_name":
-            value = self._route.get("name")
-        elif name == "service_id":
-            value = self._route.get("service_id")
-        elif name == "params":
-            value = dict(job.params())
-        elif name == "request_uri":
-            value = job.request_uri
-        elif name == "_body":
-            value = None
-        elif name == "_body_reader":
-            value = self._read_body
-        elif name == "client_max_body_size":
-            value = PLUGIN_BODY_LIMIT
-        elif name == "_consumers":
-            value = list(self._view.consumers)
-        elif name == "_plugin_metadata":
-            value = dict(self._view.plugin_metadata)
-        elif name == "_plugin_attr":
-            value = {}
-        elif name == "status":
-            value = 200
-        elif name == "response_headers":
-            value = Headers()
-        elif name == "var":
-            value = Vars(self)
-        else:
-            raise AttributeError(name)
-        setattr(self, name, value)
-        return value
 
 
 @dataclass(frozen=True)
@@ -228,7 +236,7 @@ class PluginRunner:
         self._last_sweep = time.monotonic()
         self._tasks: set[asyncio.Future[None]] = set()
         self._shapes: dict[Plan, _Shape] = {}
-        self._plans: dict[str, tuple[Any, Any, tuple[int, int], Plan]] = {}
+        self._plans: dict[str, tuple[Any, Any, tuple[int, int], Plan, _Shape]] = {}
         self._consumer_specs: dict[tuple[int, int], tuple[Any, Any, str | None]] = {}
         self._late: dict[int, tuple[Execution, float]] = {}
         """Plugin runs waiting for their late crossing (after the native limiters)."""
@@ -320,12 +328,11 @@ class PluginRunner:
     def _dispatch(self, job: _core.Job) -> None:
         phase = job.phase
         if phase == "request":
-            run = self._begin(job)
-            shape = self._shape(run.plan)
+            run, shape, route = self._start(job)
             if shape.later:
                 self._live[job.request_id] = (run, time.monotonic())
             phases = shape.phases
-            if self._route_of(run).get("limits"):
+            if route.get("limits"):
                 # The route's limiters run between the access plugins above and below them.
                 run.stage = 1
                 phases = tuple(p for p in phases if p != "before_proxy")
@@ -430,10 +437,13 @@ class PluginRunner:
         loop.call_soon_threadsafe(schedule)
 
     def _begin(self, job: _core.Job) -> Execution:
+        return self._start(job)[0]
+
+    def _start(self, job: _core.Job) -> tuple[Execution, _Shape, Mapping[str, Any]]:
+        """The plugin run of a job's request, the shape of its plan, and its route."""
         view = self.view
         route_id = job.route_id
         route = view.routes.get(route_id, _NO_ROUTE)
-        ctx = NativeCtx(job, route, view)
         # The route's plan, remembered here without the pipeline's lock and LRU bookkeeping.
         plugins = route.get("plugins") or _NO_ROUTE
         rules = view.global_rules
@@ -441,21 +451,17 @@ class PluginRunner:
         epoch = pipeline.epoch
         known = self._plans.get(route_id)
         if known is not None and known[0] is plugins and known[1] is rules and known[2] == epoch:
-            plan = known[3]
+            plan, shape = known[3], known[4]
         else:
             plan = pipeline.plan(plugins, rules)
+            shape = self._shape(plan)
             if len(self._plans) > 65536:
                 self._plans.clear()
-            self._plans[route_id] = (plugins, rules, epoch, plan)
-        return Execution(pipeline, ctx, plan)
+            self._plans[route_id] = (plugins, rules, epoch, plan, shape)
+        return Execution(pipeline, NativeCtx(job, route, view), plan), shape, route
 
     def _debug(self, run: Execution) -> str | None:
         return run.debug_header() if self.debug else None
-
-    @staticmethod
-    def _route_of(run: Execution) -> Mapping[str, Any]:
-        ctx = run.ctx
-        return ctx._route if isinstance(ctx, NativeCtx) else _NO_ROUTE
 
     def _reply_early(self, job: _core.Job, run: Execution, resp: PluginResponse | None) -> None:
         """The first request crossing: asks for a second one when plugins wait for the
@@ -476,6 +482,19 @@ class PluginRunner:
         ch = ctx.__dict__.get("changes") or _NO_CHANGES
         removed = ch.removed_headers
         rewritten = ch.upstream_uri is not None or ch.uri is not None or ch.query is not None
+        if not (
+            removed
+            or rewritten
+            or again
+            or self.debug
+            or ch.method is not None
+            or ch.host is not None
+            or ctx.consumer_name is not None
+            or ctx.consumer is not None
+        ):
+            # The common case (at most headers set) in the cheapest call.
+            job.proceed(list(ch.set_headers.values()))
+            return
         job.proceed(
             list(ch.set_headers.values()),
             sorted(removed) if removed else [],

@@ -22,7 +22,6 @@ import json
 import logging
 import socket
 import threading
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -31,10 +30,10 @@ from aiohttp import web, web_protocol, web_server
 from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.http_exceptions import LineTooLong
 
-from ..ctx import RequestBodyTooLarge, SimpleCtx, Vars
+from ..ctx import RequestBodyTooLarge, SimpleCtx
 from ..pipeline import REQUEST_PHASES, Execution, Pipeline, Plan, PluginResponse, Step
 from ..plugins._redis import close_clients as close_redis_clients
-from ..runner import PLUGIN_BODY_LIMIT, NativeCtx, PluginView, upstream_target
+from ..runner import PLUGIN_BODY_LIMIT, Lazy, NativeCtx, PluginView, upstream_target
 from .proxy import (
     NO_BODY,
     Changes,
@@ -226,50 +225,14 @@ class _Request:
 class _Ctx(NativeCtx):
     """The plugin ctx: made on demand from the request, as on the native plane.
 
-    Nothing in it refers back to it (``var`` holds a weak proxy), so a request's ctx is
-    freed when the request ends, not left to the cycle collector.
+    Nothing in it refers back to it, so a request's ctx is freed when the request ends,
+    not left to the cycle collector.
     """
+
+    _body_reader = Lazy(lambda ctx: functools.partial(_plugin_body, cast(_Request, ctx._job)))
 
     async def body_async(self) -> bytes:
         return self.body()  # read ahead already: nothing to wait for
-
-
-class _Lazy:
-    """An attribute :class:`NativeCtx` makes on first use, found without a failed lookup
-    first (``__getattr__`` runs only after an AttributeError: costly once per attribute)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __get__(self, ctx: Any, owner: Any = None) -> Any:
-        if ctx is None:
-            return self
-        make = _MADE_HERE.get(self.name)
-        if make is None:
-            return NativeCtx.__getattr__(ctx, self.name)  # stores it: the next read is plain
-        value = make(ctx)
-        setattr(ctx, self.name, value)
-        return value
-
-
-_MADE_HERE: dict[str, Callable[[Any], Any]] = {
-    # NativeCtx's would refer back to the ctx:
-    "var": lambda ctx: Vars(cast(SimpleCtx, weakref.proxy(ctx))),
-    "_body_reader": lambda ctx: functools.partial(_plugin_body, ctx._job),
-    # only read: the view's own, not copies
-    "_consumers": lambda ctx: ctx._view.consumers,
-    "_plugin_metadata": lambda ctx: ctx._view.plugin_metadata,
-}
-"""What :class:`_Ctx` makes itself rather than as NativeCtx does."""
-
-
-for _name in (
-    "_headers", "_method", "_uri", "_query", "_args", "_host", "scheme", "remote_addr",
-    "server_port", "route_id", "route_name", "service_id", "params", "request_uri", "_body",
-    "_body_reader", "client_max_body_size", "_consumers", "_plugin_metadata", "_plugin_attr",
-    "status", "response_headers", "var",
-):  # fmt: skip
-    setattr(_Ctx, _name, _Lazy(_name))
 
 
 @dataclass(frozen=True)
