@@ -185,6 +185,7 @@ class Plan:
     route_phase: Mapping[str, tuple[Step, ...]]
     _async: dict[str, bool] = field(default_factory=dict, repr=False)
     _all: dict[str, tuple[Step, ...]] = field(default_factory=dict, repr=False)
+    _split: dict[int, tuple[tuple[Step, ...], bool]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(
@@ -215,6 +216,22 @@ class Plan:
 
     def names(self) -> list[str]:
         return [s.name for s in self.global_steps] + [s.name for s in self.route_steps]
+
+    def access_split(self, stage: int) -> tuple[tuple[Step, ...], bool]:
+        """The access steps of ``stage`` (1: above the native limiters' priority, 2: below),
+        and whether anything waits for after the limiters (stage 2 access, before_proxy)."""
+        found = self._split.get(stage)
+        if found is None:
+            access = self.steps("access")
+            if stage == 1:
+                steps = tuple(s for s in access if s.priority >= NATIVE_LIMITER_PRIORITY)
+            else:
+                steps = tuple(s for s in access if s.priority < NATIVE_LIMITER_PRIORITY)
+            later = bool(self.steps("before_proxy")) or any(
+                s.priority < NATIVE_LIMITER_PRIORITY for s in access
+            )
+            found = self._split[stage] = (steps, later)
+        return found
 
 
 def _meta(conf: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -512,18 +529,13 @@ class Execution:
             return PluginResponse.error(500, "internal error", step.name, phase)
 
     def _request_steps(self, phase: str) -> tuple[Step, ...]:
-        steps = self.plan.steps(phase)
         if self.stage == 0 or phase != "access":
-            return steps
-        if self.stage == 1:
-            return tuple(s for s in steps if s.priority >= NATIVE_LIMITER_PRIORITY)
-        return tuple(s for s in steps if s.priority < NATIVE_LIMITER_PRIORITY)
+            return self.plan.steps(phase)
+        return self.plan.access_split(self.stage)[0]
 
     def late_pending(self) -> bool:
         """After stage 1: is there anything left for after the native limiters?"""
-        return bool(self.plan.steps("before_proxy")) or any(
-            s.priority < NATIVE_LIMITER_PRIORITY for s in self.plan.steps("access")
-        )
+        return self.plan.access_split(1)[1]
 
     def _consumer_steps(self) -> tuple[Step, ...] | None:
         """Merge the consumer's plugins (after rewrite); the steps of ``rewrite_in_consumer``."""

@@ -213,6 +213,9 @@ class NativeCtx(SimpleCtx):
 @dataclass(frozen=True)
 class _Shape:
     phases: tuple[str, ...]
+    before_limits: tuple[str, ...]
+    """``phases`` when the route has native limiters: before_proxy waits for the late
+    crossing."""
     is_async: bool
     later: bool
 
@@ -335,7 +338,7 @@ class PluginRunner:
             if route.get("limits"):
                 # The route's limiters run between the access plugins above and below them.
                 run.stage = 1
-                phases = tuple(p for p in phases if p != "before_proxy")
+                phases = shape.before_limits
             if shape.is_async:
                 done = lambda resp: self._reply_early(job, run, resp)  # noqa: E731
                 self._spawn(run.run_phases_async(phases), done)
@@ -408,6 +411,7 @@ class PluginRunner:
             )
             shape = _Shape(
                 phases=phases,
+                before_limits=tuple(p for p in phases if p != "before_proxy"),
                 is_async=any(plan.has_async(p) for p in REQUEST_PHASES),
                 later=any(plan.steps(p) for p in ("header_filter", "body_filter", "log")),
             )
