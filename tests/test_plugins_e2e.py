@@ -106,6 +106,20 @@ class AsyncBodyReader(Plugin):
         return None
 
 
+class NumberHostAsync(Plugin):
+    """An async access phase that sets the upstream host to a number (Lua would coerce it
+    to a string), with a log phase that keeps the request's plugin run alive."""
+
+    name = "test-number-host"
+    priority = 17
+
+    async def access(self, conf: dict[str, Any], ctx: Any) -> None:
+        ctx.host = 123
+
+    def log(self, conf: dict[str, Any], ctx: Any) -> None:
+        pass
+
+
 class Shout(Plugin):
     """Upper-cases the response body chunk by chunk and appends a marker at the end."""
 
@@ -125,7 +139,7 @@ def plugin_gateway(origin, engine):
         node.setdefault("listen", ["127.0.0.1:0"])
         node.setdefault("workers", 2)
         gw = Gateway(config={"routes": routes}, engine=engine, **node)
-        for cls in (Recorder, Boom, Slow, BodyReader, AsyncBodyReader, Shout):
+        for cls in (Recorder, Boom, Slow, BodyReader, AsyncBodyReader, NumberHostAsync, Shout):
             gw.register_plugin(cls)
         made.append(gw.start())
         return gw
@@ -182,6 +196,13 @@ def test_plugin_exception_is_500_and_gateway_keeps_serving(plugin_gateway, origi
     assert r.status == 500
     assert b"plugin bug" not in r.body, "the exception text leaked to the client"
     assert request(gw.url, "/ok").status == 200
+
+
+def test_a_host_set_to_a_number_is_sent_as_text(plugin_gateway, origin):
+    gw = plugin_gateway([route("/n", origin.addr, plugins={"test-number-host": {}})])
+    r = request(gw.url, "/n", timeout=5)
+    assert r.status == 200
+    assert r.json()["headers"]["host"] == "123"
 
 
 def test_without_a_plugin_runner_plugin_routes_fail_at_once(plugin_gateway, origin, engine):

@@ -341,7 +341,7 @@ class PluginRunner:
                 phases = shape.before_limits
             if shape.is_async:
                 done = lambda resp: self._reply_early(job, run, resp)  # noqa: E731
-                self._spawn(run.run_phases_async(phases), done)
+                self._spawn(job, run.run_phases_async(phases), done)
             else:
                 self._reply_early(job, run, run.run_phases(phases))
         elif phase == "request_late":
@@ -350,6 +350,10 @@ class PluginRunner:
                 return
             if entry is not None:
                 run = entry[0]
+                # The request's data is the same; a body read must go through this job.
+                ctx = run.ctx
+                if isinstance(ctx, NativeCtx):
+                    ctx._job = job
             else:  # every request plugin of the route is below its limiters: one crossing
                 run = self._begin(job)
                 if self._shape(run.plan).later:
@@ -357,7 +361,7 @@ class PluginRunner:
             run.stage = 2
             if any(run.plan.has_async(p) for p in REQUEST_PHASES):
                 done = lambda resp: self._reply(job, run, resp)  # noqa: E731
-                self._spawn(run.run_phases_async(("access", "before_proxy")), done)
+                self._spawn(job, run.run_phases_async(("access", "before_proxy")), done)
             else:
                 self._reply(job, run, run.run_phases(("access", "before_proxy")))
         elif phase == "header_filter":
@@ -365,7 +369,7 @@ class PluginRunner:
         elif phase == "body_filter":
             run = self._run_of(job)
             if run.plan.has_async("body_filter"):
-                self._spawn(run.body_filter_async(job.chunk, job.eof), job.send_chunk)
+                self._spawn(job, run.body_filter_async(job.chunk, job.eof), job.send_chunk)
             else:
                 job.send_chunk(run.body_filter(job.chunk, job.eof))
         else:  # log: the request is over
@@ -394,7 +398,7 @@ class PluginRunner:
         assert isinstance(ctx, SimpleCtx)
         ctx.set_response(job.status or 200, job.response_headers())
         if run.plan.has_async(phase):
-            self._spawn(run.run_phase_async(phase), lambda _: then(job, run))
+            self._spawn(job, run.run_phase_async(phase), lambda _: then(job, run))
         else:
             run.run_phase(phase)
             then(job, run)
@@ -420,14 +424,16 @@ class PluginRunner:
             self._shapes[plan] = shape
         return shape
 
-    def _spawn(self, coro: Awaitable[Any], done: Callable[[Any], None]) -> None:
-        """Run an async phase as a task on the loop thread; ``done`` gets its result."""
+    def _spawn(self, job: _core.Job, coro: Awaitable[Any], done: Callable[[Any], None]) -> None:
+        """Run an async phase of ``job`` as a task on the loop thread; ``done`` gets its
+        result. Whatever fails, the job is answered."""
 
         async def task() -> None:
             try:
                 done(await coro)
             except Exception:
-                log.exception("async plugin phase failed")
+                log.exception("plugin runner failed on a %s job", job.phase)
+                self._fail(job)
 
         def schedule() -> None:
             # The loop keeps only weak references to tasks: hold them until they finish.
@@ -503,8 +509,8 @@ class PluginRunner:
             list(ch.set_headers.values()),
             sorted(removed) if removed else [],
             upstream_target(ch, job.request_uri) if rewritten else None,
-            ch.method,
-            ch.host,
+            None if ch.method is None else str(ch.method),
+            None if ch.host is None else str(ch.host),
             self._debug(run),
             ctx.consumer_name,
             self._consumer_limits(ctx) if ctx.consumer is not None else None,

@@ -71,9 +71,12 @@ pub fn request_data(
     })
 }
 
-/// Hands one phase to the Python runner and waits for its outcome. The runner answers
-/// every job (a plugin that overruns gets its phase's timeout, 504) or drops it, so no
-/// timer is needed here.
+/// The most a crossing may take before its request fails. The runner answers or drops
+/// every job, and an async phase that overruns gets the plugin timeout (504); this limit
+/// is for what nothing can interrupt: a sync plugin that blocks or loops.
+const CROSSING_LIMIT: Duration = Duration::from_secs(60);
+
+/// Hands one phase to the Python runner and waits for its outcome.
 pub async fn cross(
     bridge: &Bridge,
     phase: Phase,
@@ -88,7 +91,10 @@ pub async fn cross(
         reply: Some(reply),
         chunk: None,
     });
-    finish(phase, rx.await)
+    match tokio::time::timeout(CROSSING_LIMIT, rx).await {
+        Ok(got) => finish(phase, got),
+        Err(_) => overrun(phase),
+    }
 }
 
 /// A request crossing ([`Phase::Request`] or [`Phase::Late`]): while plugins run, serves
@@ -108,8 +114,14 @@ pub async fn cross_request(
         reply: Some(reply),
         chunk: None,
     });
+    let limit = tokio::time::sleep(CROSSING_LIMIT);
+    tokio::pin!(limit);
     loop {
-        match rx.await {
+        let got = tokio::select! {
+            got = &mut rx => got,
+            _ = &mut limit => return overrun(phase),
+        };
+        match got {
             Ok(Outcome::NeedBody { limit, reply, next }) => {
                 let _ = reply.send(body.buffer(limit, read_timeout).await);
                 rx = next;
@@ -117,6 +129,15 @@ pub async fn cross_request(
             got => return finish(phase, got),
         }
     }
+}
+
+fn overrun(phase: Phase) -> Option<Outcome> {
+    log::error!(
+        "a {} crossing took over {} s (a plugin blocked?): the request fails",
+        phase.name(),
+        CROSSING_LIMIT.as_secs()
+    );
+    None
 }
 
 fn finish(phase: Phase, got: Result<Outcome, oneshot::error::RecvError>) -> Option<Outcome> {
