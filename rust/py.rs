@@ -1,5 +1,6 @@
 //! The Python face of the data plane: the only module that knows Python types.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -8,7 +9,7 @@ use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 
 use crate::config::ChangeSet;
-use crate::pipeline::{Changes, Job, Outcome, Phase, Reply};
+use crate::pipeline::{Changes, Held, Job, Outcome, Phase};
 use crate::router::PathMode;
 use crate::server::{Gateway, GatewayError, Settings};
 
@@ -118,14 +119,17 @@ impl PyDataPlane {
     fn wait_jobs(&self, py: Python<'_>, timeout: f64) -> Vec<PyJob> {
         let bridge = self.inner.bridge();
         let wait = Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
-        py.detach(|| bridge.wait_all(wait))
+        let jobs: Vec<PyJob> = py
+            .detach(|| bridge.wait_all(wait))
             .into_iter()
             .map(|job| PyJob {
                 phase: job.phase,
-                reply: Mutex::new(job.reply),
+                reply: Arc::new(Mutex::new(job.reply)),
                 job: Job { reply: None, ..job },
             })
-            .collect()
+            .collect();
+        bridge.hold(jobs.iter().map(|j| j.reply.clone()).collect());
+        jobs
     }
 
     /// Ends a `wait_jobs` in progress (or the next one) at once.
@@ -144,7 +148,7 @@ impl PyDataPlane {
 struct PyJob {
     phase: Phase,
     job: Job,
-    reply: Mutex<Option<Reply>>,
+    reply: Held,
 }
 
 fn pairs(h: &http::HeaderMap) -> Vec<(String, String)> {

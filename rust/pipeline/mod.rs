@@ -195,6 +195,28 @@ impl Reply {
     }
 }
 
+/// How long the runner may stay on one batch before [`Bridge::watch`] fails its requests.
+pub const STALL_LIMIT: Duration = Duration::from_secs(60);
+
+/// Watches the runner of `bridge` ([`Bridge::watch`], once a second) in a thread of its
+/// own, until the bridge is dropped.
+pub fn spawn_watchdog(bridge: &Arc<Bridge>) -> std::io::Result<()> {
+    let watched = Arc::downgrade(bridge);
+    std::thread::Builder::new()
+        .name("pygateway-plugin-watchdog".into())
+        .spawn(move || {
+            while let Some(bridge) = watched.upgrade() {
+                bridge.watch(STALL_LIMIT);
+                drop(bridge);
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+        .map(|_| ())
+}
+
+/// A reply in the runner's hands, which the watchdog can still take back.
+pub type Held = Arc<Mutex<Option<Reply>>>;
+
 /// Outcomes on their way to one data-plane thread.
 pub struct Mailbox {
     items: Mutex<Vec<(oneshot::Sender<Outcome>, Outcome)>>,
@@ -251,6 +273,9 @@ pub struct Bridge {
     interrupted: AtomicBool,
     /// [`Bridge::close`] was called: no runner takes jobs any more.
     closed: AtomicBool,
+    /// The replies of the batch the runner is working on, and since when (none while it
+    /// waits): what [`Bridge::watch`] fails when a sync plugin blocks.
+    batch: Mutex<(Option<std::time::Instant>, Vec<Held>)>,
     next_id: AtomicU64,
 }
 
@@ -263,6 +288,7 @@ impl Bridge {
             sleeping: AtomicBool::new(false),
             interrupted: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            batch: Mutex::new((None, Vec::new())),
             next_id: AtomicU64::new(1),
         })
     }
@@ -299,6 +325,45 @@ impl Bridge {
         self.ready.notify_all();
     }
 
+    /// The runner took these jobs' replies (they stay in its hands until answered): the
+    /// watchdog may drop them if the runner does not come back for more in time.
+    pub fn hold(&self, replies: Vec<Held>) {
+        let mut batch = self.batch.lock();
+        batch.0 = (!replies.is_empty()).then(std::time::Instant::now);
+        batch.1 = replies;
+    }
+
+    /// The watchdog, called every second or so: when the runner has been on one batch for
+    /// longer than `limit` (a sync plugin blocks or loops, and nothing can interrupt it),
+    /// fails that batch's requests and every queued one, rather than let them wait for a
+    /// plugin that may never return. Returns how many requests it failed.
+    pub fn watch(&self, limit: Duration) -> usize {
+        let stuck = {
+            let mut batch = self.batch.lock();
+            match batch.0 {
+                Some(since) if since.elapsed() >= limit => std::mem::take(&mut batch.1),
+                _ => return 0,
+            }
+        };
+        let mut failed = 0;
+        for held in stuck {
+            if held.lock().take().is_some() {
+                failed += 1;
+            }
+        }
+        let queued = std::mem::take(&mut *self.queue.lock());
+        failed += queued.iter().filter(|j| j.reply.is_some()).count();
+        drop(queued);
+        if failed > 0 {
+            log::error!(
+                "the plugin runner has been on one batch for over {} s (a sync plugin blocks?): \
+                 {failed} request(s) failed",
+                limit.as_secs()
+            );
+        }
+        failed
+    }
+
     /// The runner is gone: drops the queued jobs and every later one (their requests
     /// fail at once).
     pub fn close(&self) {
@@ -313,6 +378,8 @@ impl Bridge {
     /// Takes every queued job, waiting up to `timeout` for one when there is none (or
     /// less, when interrupted). Call it without the GIL.
     pub fn wait_all(&self, timeout: Duration) -> Vec<Job> {
+        // The runner is back for more: its last batch is done.
+        self.hold(Vec::new());
         let mut q = self.queue.lock();
         if q.is_empty() && !self.interrupted.swap(false, Ordering::Relaxed) {
             self.sleeping.store(true, Ordering::Relaxed);
@@ -412,6 +479,29 @@ mod tests {
         b.submit(late);
         assert!(after.blocking_recv().is_err(), "a later job is dropped");
         assert!(b.wait_all(NOW).is_empty());
+    }
+
+    #[test]
+    fn the_watchdog_fails_a_stuck_batch_and_the_queue_but_not_a_busy_runner_in_time() {
+        let b = Bridge::new().unwrap();
+        let (j, taken) = job(&b);
+        b.submit(j);
+        let mut jobs = b.wait_all(NOW);
+        let held: Held = Arc::new(Mutex::new(jobs[0].reply.take()));
+        b.hold(vec![held.clone()]);
+        let (queued, waiting) = job(&b);
+        b.submit(queued);
+        assert_eq!(b.watch(Duration::from_secs(60)), 0, "not stuck yet");
+        assert!(held.lock().is_some());
+        assert_eq!(b.watch(Duration::ZERO), 2);
+        assert!(taken.blocking_recv().is_err(), "the stuck request failed");
+        assert!(
+            waiting.blocking_recv().is_err(),
+            "the queued request failed"
+        );
+        assert!(held.lock().is_none(), "the runner can no longer answer it");
+        b.wait_all(NOW); // the runner came back: nothing is held any more
+        assert_eq!(b.watch(Duration::ZERO), 0);
     }
 
     #[test]

@@ -126,14 +126,16 @@ impl Gateway {
             None => None,
         };
         let demo_addr = demo_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let bridge =
+            Arc::new(Bridge::new().map_err(|e| GatewayError(format!("plugin bridge: {e}")))?);
+        crate::pipeline::spawn_watchdog(&bridge)
+            .map_err(|e| GatewayError(format!("plugin watchdog: {e}")))?;
         Ok(Gateway {
             state: Arc::new(State {
                 router: Router::new(settings.path_mode),
                 upstreams: Registry::default(),
                 trusted,
-                bridge: Arc::new(
-                    Bridge::new().map_err(|e| GatewayError(format!("plugin bridge: {e}")))?,
-                ),
+                bridge,
                 debug: settings.debug,
                 limit_store: Arc::new(LocalStore::default()),
                 limit_headers: ArcSwap::from_pointee(HeaderNames::default()),

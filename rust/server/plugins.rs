@@ -71,12 +71,10 @@ pub fn request_data(
     })
 }
 
-/// The most a crossing may take before its request fails. The runner answers or drops
-/// every job, and an async phase that overruns gets the plugin timeout (504); this limit
-/// is for what nothing can interrupt: a sync plugin that blocks or loops.
-const CROSSING_LIMIT: Duration = Duration::from_secs(60);
-
-/// Hands one phase to the Python runner and waits for its outcome.
+/// Hands one phase to the Python runner and waits for its outcome. The runner answers or
+/// drops every job: an async phase that overruns gets the plugin timeout (504), and a sync
+/// plugin that blocks has its jobs dropped by the bridge's watchdog
+/// ([`Bridge::watch`](crate::pipeline::Bridge::watch)); no timer per crossing.
 pub async fn cross(
     bridge: &Bridge,
     phase: Phase,
@@ -91,10 +89,7 @@ pub async fn cross(
         reply: Some(reply),
         chunk: None,
     });
-    match tokio::time::timeout(CROSSING_LIMIT, rx).await {
-        Ok(got) => finish(phase, got),
-        Err(_) => overrun(phase),
-    }
+    finish(phase, rx.await)
 }
 
 /// A request crossing ([`Phase::Request`] or [`Phase::Late`]): while plugins run, serves
@@ -114,14 +109,8 @@ pub async fn cross_request(
         reply: Some(reply),
         chunk: None,
     });
-    let limit = tokio::time::sleep(CROSSING_LIMIT);
-    tokio::pin!(limit);
     loop {
-        let got = tokio::select! {
-            got = &mut rx => got,
-            _ = &mut limit => return overrun(phase),
-        };
-        match got {
+        match (&mut rx).await {
             Ok(Outcome::NeedBody { limit, reply, next }) => {
                 let _ = reply.send(body.buffer(limit, read_timeout).await);
                 rx = next;
@@ -129,15 +118,6 @@ pub async fn cross_request(
             got => return finish(phase, got),
         }
     }
-}
-
-fn overrun(phase: Phase) -> Option<Outcome> {
-    log::error!(
-        "a {} crossing took over {} s (a plugin blocked?): the request fails",
-        phase.name(),
-        CROSSING_LIMIT.as_secs()
-    );
-    None
 }
 
 fn finish(phase: Phase, got: Result<Outcome, oneshot::error::RecvError>) -> Option<Outcome> {
