@@ -355,8 +355,8 @@ class PluginRunner:
                 if isinstance(ctx, NativeCtx):
                     ctx._job = job
             else:  # every request plugin of the route is below its limiters: one crossing
-                run = self._begin(job)
-                if self._shape(run.plan).later:
+                run, shape, _ = self._start(job)
+                if shape.later:
                     self._live[job.request_id] = (run, time.monotonic())
             run.stage = 2
             if any(run.plan.has_async(p) for p in REQUEST_PHASES):

@@ -351,9 +351,7 @@ impl Bridge {
                 failed += 1;
             }
         }
-        let queued = std::mem::take(&mut *self.queue.lock());
-        failed += queued.iter().filter(|j| j.reply.is_some()).count();
-        drop(queued);
+        failed += self.drop_queued(false);
         if failed > 0 {
             log::error!(
                 "the plugin runner has been on one batch for over {} s (a sync plugin blocks?): \
@@ -367,12 +365,20 @@ impl Bridge {
     /// The runner is gone: drops the queued jobs and every later one (their requests
     /// fail at once).
     pub fn close(&self) {
+        self.drop_queued(true);
+    }
+
+    /// Drops every queued job, their requests failing at once (and, with `close`, every
+    /// later one); returns how many were waiting for an answer.
+    fn drop_queued(&self, close: bool) -> usize {
         let left = {
             let mut q = self.queue.lock();
-            self.closed.store(true, Ordering::Relaxed);
+            if close {
+                self.closed.store(true, Ordering::Relaxed);
+            }
             std::mem::take(&mut *q)
         };
-        drop(left);
+        left.iter().filter(|j| j.reply.is_some()).count()
     }
 
     /// Takes every queued job, waiting up to `timeout` for one when there is none (or
