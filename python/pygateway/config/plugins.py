@@ -82,12 +82,16 @@ class RestrictedCatalog:
         return result
 
 
+_META_ONLY = {"type": "object", "properties": {"_meta": PLUGIN_INJECTED_META}}
+"""A plugin conf's ``_meta``, alone (one schema object: validate compiles each once)."""
+
+
 def _check_meta(conf: Mapping[str, Any]) -> str | None:
     meta = conf.get("_meta")
     if meta is None:
         return None
     try:
-        validate({"type": "object", "properties": {"_meta": PLUGIN_INJECTED_META}}, dict(conf))
+        validate(_META_ONLY, dict(conf))
     except SchemaError as err:
         return err.message
     assert isinstance(meta, dict)
