@@ -460,13 +460,18 @@ def wait_port(port: int, timeout: float) -> None:
 
 
 def admin_request(
-    port: int, method: str, path: str, body: Any = None, timeout: float = 5.0
+    port: int,
+    method: str,
+    path: str,
+    body: Any = None,
+    timeout: float = 5.0,
+    key: str | None = None,
 ) -> tuple[int, bytes]:
-    """One Admin API call with this run's key; `body` is sent as JSON."""
+    """One Admin API call with `key` (default: this run's key); `body` is sent as JSON."""
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
         data = None if body is None else json.dumps(body).encode()
-        headers = {"X-API-KEY": ADMIN_KEY, "Content-Type": "application/json"}
+        headers = {"X-API-KEY": key or ADMIN_KEY, "Content-Type": "application/json"}
         conn.request(method, f"/apisix/admin/{path.lstrip('/')}", body=data, headers=headers)
         resp = conn.getresponse()
         return resp.status, resp.read()

@@ -5,11 +5,13 @@
 
 Starts the origin and the native gateway with the Admin API on (embedded store in the run's
 temporary folder, config seeded from benches/config/proxy.yaml through the Admin API), then
-loads the served route with wrk in interleaved rounds of four runs:
+loads the served route with wrk in interleaved rounds of five runs:
 
 - `steady`: no writes;
 - `client-only`: the same PUTs, every `--interval`, sent to the origin instead (nginx answers
   200): what the writing client itself costs on these shared CPUs, no change to the gateway;
+- `refused`: the same PUTs to the gateway's Admin API with a wrong key (answered 401, nothing
+  written): what the Admin API answering HTTP costs, without the write path;
 - `churn-other`: a side thread PUTs another route (a new `uri` each time) every `--interval`;
 - `churn-served`: it PUTs the served route itself with a changed field (`desc`).
 
@@ -29,6 +31,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,27 +86,42 @@ SINK = "client-only"
 """The run with the same PUTs sent to the origin instead: the writing client's own cost on
 these shared CPUs, with no change to the gateway."""
 
-CHANGES: dict[str, tuple[str, Callable[[int], dict[str, Any]]] | None] = {
+REFUSED = "refused"
+"""The run with the same PUTs sent to the gateway's Admin API with a wrong key: answered 401
+before the store or the routes are touched. Against `client-only`, what answering HTTP on the
+Admin API costs the traffic; against the churn runs, what a write itself adds."""
+
+WRONG_KEY = "churn-wrong-key-0123456789"
+
+
+@dataclass(frozen=True)
+class Writes:
+    """The PUTs of one run: ``body(k)`` to routes/``route_id`` every interval."""
+
+    route_id: str
+    body: Callable[[int], dict[str, Any]]
+    to_origin: bool = False
+    key: str | None = None  # None: the run's admin key
+    expect: tuple[int, ...] = (200, 201)
+
+
+CHANGES: dict[str, Writes | None] = {
     "steady": None,
-    SINK: ("churn-other", other_route),
-    "churn-other": ("churn-other", other_route),
-    "churn-served": (SERVED_ROUTE_ID, served_route),
+    SINK: Writes("churn-other", other_route, to_origin=True),
+    REFUSED: Writes("churn-other", other_route, key=WRONG_KEY, expect=(401,)),
+    "churn-other": Writes("churn-other", other_route),
+    "churn-served": Writes(SERVED_ROUTE_ID, served_route),
 }
+REFERENCES = ("steady", SINK, REFUSED)
+"""Runs that change nothing in the gateway: no target applies to them."""
 
 
 class Churner:
     """PUTs `body(k)` to routes/`route_id` every `interval` seconds on a thread, on a fixed
     schedule (a slow write does not push the next ones back), until stopped."""
 
-    def __init__(
-        self,
-        port: int,
-        route_id: str,
-        body: Callable[[int], dict[str, Any]],
-        interval: float,
-        nice: int,
-    ) -> None:
-        self.port, self.route_id, self.body = port, route_id, body
+    def __init__(self, port: int, writes: Writes, interval: float, nice: int) -> None:
+        self.port, self.writes = port, writes
         self.interval, self.nice = interval, nice
         self.stop_event = threading.Event()
         self.latencies_ms: list[float] = []
@@ -119,13 +137,14 @@ class Churner:
         while not self.stop_event.wait(max(0.0, start + k * self.interval - time.monotonic())):
             t0 = time.perf_counter()
             try:
+                w = self.writes
                 status, body = bench.admin_request(
-                    self.port, "PUT", f"routes/{self.route_id}", self.body(k)
+                    self.port, "PUT", f"routes/{w.route_id}", w.body(k), key=w.key
                 )
             except OSError as e:
                 self.failures.append(f"PUT {k}: {type(e).__name__}: {e}")
             else:
-                if status not in (200, 201):
+                if status not in self.writes.expect:
                     self.failures.append(f"PUT {k}: {status} {body[:200]!r}")
             self.latencies_ms.append((time.perf_counter() - t0) * 1e3)
             k += 1
@@ -143,18 +162,17 @@ def load(
     run_name: str, args: argparse.Namespace, prefix: list[str], duration: int
 ) -> dict[str, Any]:
     """One wrk run on the gateway, with the writes of `run_name` going on meanwhile."""
-    change = CHANGES[run_name]
+    writes = CHANGES[run_name]
 
     def wrk() -> dict[str, Any]:
         return bench.run_wrk(
             GATEWAY.port, SCENARIO.path, duration, args.connections, args.threads, prefix
         )
 
-    if change is None:
+    if writes is None:
         return {**wrk(), "puts": 0, "put_failures": [], "put_ms_p50": None, "put_ms_max": None}
-    route_id, body = change
-    port = bench.ORIGIN_PORT if run_name == SINK else GATEWAY.admin_port
-    with Churner(port, route_id, body, args.interval, args.client_nice) as churner:
+    port = bench.ORIGIN_PORT if writes.to_origin else GATEWAY.admin_port
+    with Churner(port, writes, args.interval, args.client_nice) as churner:
         res = wrk()
     lat = churner.latencies_ms
     return {
@@ -195,7 +213,7 @@ def render_table(summary: dict[str, dict[str, Any]]) -> str:
     for name, s in summary.items():
         puts = f"{s['puts']} ({s['put_failures']})" if s["puts"] else "-"
         put_ms = f"{s['put_ms_p50_max']:.1f} / {s['put_ms_max']:.1f} ms" if s["puts"] else "-"
-        changes = name not in ("steady", SINK)
+        changes = name not in REFERENCES
         met = ("yes" if s["met"] else "**NO**") if changes else ""
         vs_sink = f"{s['p99_vs_client_only']:.2f}x" if changes else ""
         lines.append(
