@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import pytest
 from conftest import request, route
 from pygateway import ConfigError, Gateway
+from pygateway.ctx import RequestBodyTooLarge
 from pygateway.plugin import Plugin
 
 CALLS: list[str] = []
@@ -96,6 +97,26 @@ class BodyReader(Plugin):
         return None
 
 
+class BodyRetry(Plugin):
+    """Reads the body under a small limit (too large, twice), then under the default one."""
+
+    name = "test-body-retry"
+    priority = 21
+
+    def access(self, conf: dict[str, Any], ctx: Any) -> Any:
+        ctx.client_max_body_size = 100
+        refused = 0
+        for _ in range(2):
+            try:
+                ctx.body()
+            except RequestBodyTooLarge:
+                refused += 1
+        ctx.client_max_body_size = 1024 * 1024
+        ctx.set_header("X-Refused", str(refused))
+        ctx.set_header("X-Body-Size", str(len(ctx.body())))
+        return None
+
+
 class AsyncBodyReader(Plugin):
     name = "test-body-async"
     priority = 19
@@ -139,7 +160,16 @@ def plugin_gateway(origin, engine):
         node.setdefault("listen", ["127.0.0.1:0"])
         node.setdefault("workers", 2)
         gw = Gateway(config={"routes": routes}, engine=engine, **node)
-        for cls in (Recorder, Boom, Slow, BodyReader, AsyncBodyReader, NumberHostAsync, Shout):
+        for cls in (
+            Recorder,
+            Boom,
+            Slow,
+            BodyReader,
+            BodyRetry,
+            AsyncBodyReader,
+            NumberHostAsync,
+            Shout,
+        ):
             gw.register_plugin(cls)
         made.append(gw.start())
         return gw
@@ -375,6 +405,19 @@ def test_body_over_the_plugin_limit_is_413(plugin_gateway, origin):
     gw = plugin_gateway([route("/*", origin.addr, plugins={"test-body": {}})])
     r = request(gw.url, "/", method="POST", body=b"y" * (1024 * 1024 + 1))
     assert r.status == 413
+
+
+def test_body_too_large_for_a_plugin_stays_whole(plugin_gateway, origin):
+    """A body over a plugin's limit stays too large for every read under that limit, is read
+    whole under a larger one, and reaches the upstream whole (nothing read is lost)."""
+    gw = plugin_gateway([route("/*", origin.addr, plugins={"test-body-retry": {}})])
+    payload = bytes(range(256)) * 300  # 76,800 bytes: many frames, over the first limit
+    r = request(gw.url, "/", method="POST", body=payload)
+    assert r.status == 200
+    sent = r.json()
+    assert sent["headers"]["x-refused"] == "2"
+    assert sent["headers"]["x-body-size"] == str(len(payload))
+    assert sent["body"].encode("latin-1") == payload
 
 
 def test_async_plugin_reads_the_body(plugin_gateway, origin):

@@ -29,6 +29,9 @@ pub enum RequestBody {
     None,
     /// Streamed through as it arrives.
     Stream(Incoming),
+    /// A plugin asked for it whole but it was larger than its limit: what was read, then
+    /// the rest (both go upstream if the request goes on).
+    Partial(Bytes, Incoming),
     /// Read whole (a plugin asked for it); can be sent again on a retry.
     Buffered(Bytes),
 }
@@ -48,17 +51,24 @@ impl RequestBody {
         !matches!(self, RequestBody::None)
     }
 
-    /// Reads the whole body (once) for a plugin: `Ok(None)` when it exceeds `limit`.
+    /// Reads the whole body (once) for a plugin: `Ok(None)` when it exceeds `limit`. Nothing
+    /// read is lost: a larger limit later reads on, and what goes upstream is the whole body.
     pub async fn buffer(&mut self, limit: usize, stall: Duration) -> Result<Option<Bytes>, String> {
-        match self {
+        let (read, mut incoming) = match std::mem::replace(self, RequestBody::None) {
             RequestBody::None => return Ok(Some(Bytes::new())),
-            RequestBody::Buffered(b) => return Ok((b.len() <= limit).then(|| b.clone())),
-            RequestBody::Stream(_) => {}
-        }
-        let RequestBody::Stream(mut incoming) = std::mem::replace(self, RequestBody::None) else {
-            return Ok(Some(Bytes::new()));
+            RequestBody::Buffered(b) => {
+                let whole = (b.len() <= limit).then(|| b.clone());
+                *self = RequestBody::Buffered(b);
+                return Ok(whole);
+            }
+            RequestBody::Partial(read, rest) if read.len() > limit => {
+                *self = RequestBody::Partial(read, rest);
+                return Ok(None);
+            }
+            RequestBody::Partial(read, rest) => (read, rest),
+            RequestBody::Stream(rest) => (Bytes::new(), rest),
         };
-        let mut buf = bytes::BytesMut::new();
+        let mut buf = bytes::BytesMut::from(&read[..]);
         loop {
             let frame = match tokio::time::timeout(stall, incoming.frame()).await {
                 Err(_) => return Err("client stopped sending its body".into()),
@@ -66,11 +76,11 @@ impl RequestBody {
                 Ok(Some(f)) => f.map_err(|e| format!("client body: {e}"))?,
             };
             if let Ok(data) = frame.into_data() {
-                if buf.len() + data.len() > limit {
-                    // Too large: the request cannot go on (its body is partly consumed).
+                buf.extend_from_slice(&data);
+                if buf.len() > limit {
+                    *self = RequestBody::Partial(buf.freeze(), incoming);
                     return Ok(None);
                 }
-                buf.extend_from_slice(&data);
             }
         }
         let whole = buf.freeze();

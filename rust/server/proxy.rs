@@ -549,8 +549,16 @@ async fn exchange(
                 if req.chunked {
                     timed(send, conn.conn.finish_chunked()).await?;
                 }
-            } else if let RequestBody::Stream(mut b) = std::mem::replace(body, RequestBody::None) {
+            } else if let Some((read, mut b)) = match std::mem::replace(body, RequestBody::None) {
+                RequestBody::Stream(b) => Some((None, b)),
+                RequestBody::Partial(read, b) => Some((Some(read), b)),
+                _ => None,
+            } {
                 body_taken.store(true, Relaxed);
+                if let Some(read) = read {
+                    // What a plugin read before finding the body too large goes first.
+                    timed(send, conn.conn.write_body(&read, req.chunked)).await?;
+                }
                 // A client that stops sending its body is cut off like nginx's
                 // client_body_timeout (here: the read timeout of the route/upstream).
                 let stall = secs(timeouts.read);
