@@ -120,6 +120,9 @@ def test_post_generates_20_digit_ids(admin: Admin) -> None:
     assert admin.get(f"/routes/{a}").status == 200
     r = admin.post("/routes", {**ROUTE, "id": "1"})
     assert r.status == 400 and error(r) == "wrong route id, do not need it"
+    r = admin.post("/routes/1", ROUTE)  # an id in the URL: nothing is created
+    assert r.status == 400 and error(r) == "wrong route id, do not need it"
+    assert admin.get("/routes").json()["total"] == 2
     assert error(admin.call("POST", "/routes")) == "missing configurations"
 
 
@@ -132,11 +135,11 @@ def test_post_on_a_resource_without_post_is_405(admin: Admin) -> None:
 
 
 def test_delete_answers_deleted_and_key(admin: Admin) -> None:
-    admin.put("/routes/1", ROUTE)
-    r = admin.delete("/routes/1")
-    assert r.status == 200 and r.json() == {"deleted": "1", "key": "/apisix/routes/1"}
-    assert admin.get("/routes/1").status == 404
-    assert admin.delete("/routes/1").status == 404
+    admin.put("/routes/abc", ROUTE)
+    r = admin.delete("/routes/abc")  # "deleted" is etcd's count of deleted keys, not the id
+    assert r.status == 200 and r.json() == {"deleted": "1", "key": "/apisix/routes/abc"}
+    assert admin.get("/routes/abc").status == 404
+    assert admin.delete("/routes/abc").status == 404
     assert error(admin.delete("/routes")) == "missing route id"
 
 
@@ -151,6 +154,9 @@ def test_delete_of_a_referenced_object_needs_force(admin: Admin) -> None:
     r = admin.delete("/upstreams/u1")
     assert error(r) == "can not delete this upstream, service [s1] is still using it now"
     assert admin.call("DELETE", "/upstreams/u1?force=true").status == 200
+    admin.put("/routes/2", {"uri": "/b", "service_id": "s1"})
+    r = admin.delete("/services/s1")
+    assert error(r) == "can not delete this service directly, route [2] is still using it now"
     admin.put("/consumer_groups/g", {"plugins": {}})
     admin.put("/consumers", {"username": "jack", "group_id": "g"})
     r = admin.delete("/consumer_groups/g")
@@ -240,6 +246,9 @@ def test_services_upstreams_plugin_configs_global_rules_consumer_groups(admin: A
     assert r.status == 400 and "type" in error(r)
 
 
+DUP_C1 = "duplicate key of plugin key-auth found with credential: c1 of consumer: jack"
+
+
 def test_consumers_put_on_the_collection_and_credentials(admin: Admin) -> None:
     r = admin.put("/consumers", {"username": "jack", "plugins": {"key-auth": {"key": "k1"}}})
     assert r.status == 201 and r.json()["key"] == "/apisix/consumers/jack"
@@ -261,7 +270,17 @@ def test_consumers_put_on_the_collection_and_credentials(admin: Admin) -> None:
     r = admin.put("/consumers/ghost/credentials/c1", cred)
     assert r.status == 404
     r = admin.put("/consumers", {"username": "bob", "plugins": {"key-auth": {"key": "c-key"}}})
-    assert error(r) == "duplicate key found with consumer: jack"
+    assert error(r) == DUP_C1
+    admin.put("/consumers", {"username": "ann", "plugins": {"key-auth": {"key": "a-key"}}})
+    r = admin.put("/consumers", {"username": "bob", "plugins": {"key-auth": {"key": "a-key"}}})
+    assert error(r) == "duplicate key of plugin key-auth found with consumer: ann"
+    # a consumer does not conflict with its own credentials, a credential with itself
+    own = {"username": "jack", "plugins": {"key-auth": {"key": "c-key"}}}
+    assert admin.put("/consumers", own).status == 200
+    assert admin.put("/consumers", {"username": "jack"}).status == 200
+    assert admin.put("/consumers/jack/credentials/c1", cred).status == 200
+    r = admin.put("/consumers/jack/credentials/c3", cred)
+    assert error(r) == DUP_C1
     assert admin.post("/consumers/jack/credentials", cred).status == 405
     assert admin.delete("/consumers/jack/credentials/c1").status == 200
     admin.put("/consumers/jack/credentials/c1", cred)
@@ -279,7 +298,9 @@ def test_plugin_metadata(admin: Admin) -> None:
 
 def test_plugins_schema_and_validate(admin: Admin) -> None:
     names = admin.get("/plugins/list").json()
-    assert "key-auth" in names and names == sorted(names)
+    everything = admin.get("/plugins?all=true").json()
+    priorities = [everything[n]["priority"] for n in names]
+    assert "key-auth" in names and priorities == sorted(priorities, reverse=True)
     schema = admin.get("/plugins/key-auth").json()
     assert schema["type"] == "object"
     assert "key" in admin.get("/plugins/key-auth?schema_type=consumer").json()["properties"]
@@ -305,6 +326,9 @@ def test_plugins_reload(admin_gateway: Any) -> None:
     original = gw.reload_plugins
     gw_api = gw.admin.api
     gw_api.reload_plugins = lambda: (calls.append(1), original())[1]
+    r = admin.call("GET", "/plugins/reload")
+    assert r.status == 405
+    assert error(r) == "please use PUT method to reload the plugins, GET method is not allowed."
     r = admin.call("PUT", "/plugins/reload")
     assert r.status == 200 and r.body == b"done" and calls == [1]
 

@@ -33,7 +33,13 @@ Reply = tuple[int, Any]
 NOT_FOUND: Reply = (404, {"message": "Key not found"})
 
 # The key field of each auth plugin, for "duplicate key found with consumer" (APISIX's map).
-PLUGIN_KEY_FIELDS = {"key-auth": "key", "basic-auth": "username", "jwt-auth": "key"}
+PLUGIN_KEY_FIELDS = {
+    "key-auth": "key",
+    "basic-auth": "username",
+    "jwt-auth": "key",
+    "hmac-auth": "key_id",
+    "ldap-auth": "user_dn",
+}
 
 
 @dataclass(frozen=True)
@@ -188,6 +194,8 @@ class AdminApi:
                 if method == "PUT":
                     return self._put(kind, owner, ident, body)
                 if method == "POST":
+                    if ident is not None:
+                        return _error(400, f"wrong {kind.kind} id, do not need it")
                     return self._post(kind, body)
                 if method == "DELETE":
                     return self._delete(kind, owner, ident, args)
@@ -284,19 +292,28 @@ class AdminApi:
         return None
 
     def _duplicate_keys(self, own: str, conf: dict[str, Any]) -> Reply | None:
-        """APISIX refuses an auth key that another consumer or credential already holds."""
+        """APISIX refuses an auth key that another consumer or credential already holds (a
+        consumer does not conflict with its own credentials, a credential with itself)."""
         plugins = conf.get("plugins") or {}
+        owner = own.split("/")[1]
+        writing_credential = own.count("/") == 3
         for name, field_name in PLUGIN_KEY_FIELDS.items():
             value = (plugins.get(name) or {}).get(field_name)
-            if value is None:
+            if not isinstance(value, str):
                 continue
             for entry in self.store.items("consumers/"):
-                if entry.key == own:
+                parts = entry.key.split("/")
+                if entry.key == own or (not writing_credential and parts[1] == owner):
                     continue
                 other = (entry.value.get("plugins") or {}).get(name) or {}
-                if other.get(field_name) == value:
-                    holder = entry.key.split("/")[1]
-                    return _error(400, f"duplicate key found with consumer: {holder}")
+                if other.get(field_name) != value:
+                    continue
+                holder = (
+                    f"credential: {parts[3]} of consumer: {parts[1]}"
+                    if len(parts) == 4
+                    else f"consumer: {parts[1]}"
+                )
+                return _error(400, f"duplicate {field_name} of plugin {name} found with {holder}")
         return None
 
     def _stamp(self, conf: dict[str, Any], previous: Entry | None) -> None:
@@ -394,15 +411,18 @@ class AdminApi:
                     if ref is not None and item_id(ref) == ident:
                         user = KINDS[res].kind
                         holder = entry.key.split("/", 1)[1]
+                        # Only APISIX's service check says "directly".
+                        this = f"{name} directly" if name == "service" else name
                         return _error(
                             400,
-                            f"can not delete this {name}, {user} [{holder}] is still using it now",
+                            f"can not delete this {this}, {user} [{holder}] is still using it now",
                         )
         if kind.name == "consumers":
             for entry in self.store.items(f"{key}/credentials/"):
                 self.store.delete(entry.key)
         self.store.delete(key)
-        return 200, {"deleted": ident, "key": self._full_key(key)}
+        # APISIX answers etcd's count of deleted keys, as a string.
+        return 200, {"deleted": "1", "key": self._full_key(key)}
 
     # -- PATCH -----------------------------------------------------------------------
 
@@ -459,7 +479,10 @@ class AdminApi:
     def _plugins(self, method: str, rest: list[str], args: Mapping[str, str]) -> Reply:
         if rest == ["reload"]:
             if method != "PUT":
-                return _error(404, "not found")
+                return _error(
+                    405,
+                    f"please use PUT method to reload the plugins, {method} method is not allowed.",
+                )
             if self.reload_plugins is not None:
                 with self._write:  # no write checked with the old schemas lands after it
                     self.reload_plugins()
@@ -469,7 +492,9 @@ class AdminApi:
         if args.get("subsystem") == "stream":
             return 200, [] if rest == ["list"] else {}
         if rest == ["list"]:
-            return 200, self._plugin_names()
+            # APISIX lists them by priority, highest first.
+            names = self._plugin_names()
+            return 200, sorted(names, key=lambda n: (-self.registry[n].priority, n))
         if rest:
             return self._plugin_schema(rest[0], args.get("schema_type", "schema"))
         described: dict[str, Any] = {}

@@ -74,6 +74,7 @@ class AdminServer:
         self.api = api
         self.settings = settings
         self._allow: list[Network] = [ipaddress.ip_network(c, strict=False) for c in settings.allow]
+        self._verdicts: dict[str, bool] = {}  # client address -> allowed (parsed once)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -150,6 +151,14 @@ class AdminServer:
     def _allowed(self, remote: str | None) -> bool:
         if remote is None:
             return False
+        known = self._verdicts.get(remote)
+        if known is None:
+            if len(self._verdicts) >= 1024:
+                self._verdicts.clear()
+            known = self._verdicts[remote] = self._check_address(remote)
+        return known
+
+    def _check_address(self, remote: str) -> bool:
         try:
             addr = ipaddress.ip_address(remote.split("%", 1)[0])
         except ValueError:
