@@ -447,6 +447,29 @@ def test_body_filter_rewrites_the_streamed_response(plugin_gateway, origin):
         assert request(gw.url, "/stream/1").body == b"CHUNK 0\n<END>"
 
 
+def test_response_rewrite_vars_see_the_response_status(plugin_gateway, origin):
+    """APISIX's own example: ``vars: [["status", "==", 200]]`` (nginx's $status)."""
+    rewrite = {"body": "rewritten", "headers": {"set": {"X-St": "$status"}}}
+    gw = plugin_gateway(
+        [
+            route(
+                "/ok",
+                origin.addr,
+                plugins={"response-rewrite": {**rewrite, "vars": [["status", "==", 200]]}},
+            ),
+            route(
+                "/no",
+                origin.addr,
+                plugins={"response-rewrite": {**rewrite, "vars": [["status", "==", 404]]}},
+            ),
+        ]
+    )
+    ok = request(gw.url, "/ok")
+    assert (ok.status, ok.body, ok.headers.get("x-st")) == (200, b"rewritten", "200")
+    no = request(gw.url, "/no")
+    assert no.status == 200 and no.body != b"rewritten" and "x-st" not in no.headers
+
+
 def test_response_phases_run_on_a_plugin_answer(origin, engine):
     # key-auth answers 401 in rewrite; cors still adds its headers in header_filter (APISIX)
     routes = [

@@ -156,8 +156,9 @@ class Vars(Mapping[str, Any]):
 
     ``uri``, ``request_uri``, ``host``, ``remote_addr``, ``server_port``, ``request_method``,
     ``scheme``, ``args``/``query_string``, ``is_args``, ``arg_*``, ``http_*``, ``cookie_*``,
-    ``route_id``, ``route_name``, ``service_id``, ``consumer_name``, the matched path
-    parameters by name; plus anything assigned with ``var[name] = value``.
+    ``route_id``, ``route_name``, ``service_id``, ``consumer_name``, ``status`` (``"000"``
+    before the response head), the matched path parameters by name; plus anything assigned
+    with ``var[name] = value``.
     """
 
     _NAMES = (
@@ -176,6 +177,7 @@ class Vars(Mapping[str, Any]):
         "route_name",
         "service_id",
         "consumer_name",
+        "status",
     )
 
     def __init__(self, ctx: SimpleCtx) -> None:
@@ -206,6 +208,8 @@ class Vars(Mapping[str, Any]):
             return "?" if ctx.query else ""
         if name in ("route_id", "route_name", "service_id", "consumer_name"):
             return getattr(ctx, name)
+        if name == "status":  # nginx's $status: "000" until the response head is known
+            return str(ctx.status) if ctx.status_known else "000"
         if name.startswith("arg_"):
             return ctx.args.get(name[4:])
         if name.startswith("http_"):
@@ -504,7 +508,11 @@ class SimpleCtx:
 
     # -- response -----------------------------------------------------------------------
 
+    status_known = False
+    """Whether :attr:`status` is the response's (set with :meth:`set_response`)."""
+
     def set_response(self, status: int, headers: HeaderInput = None) -> None:
         """The engine sets the response head before ``header_filter``."""
         self.status = status
+        self.status_known = True
         self.response_headers = Headers(headers)
