@@ -483,3 +483,21 @@ def test_response_phases_run_on_a_plugin_answer(origin, engine):
         r = request(gw.url, "/", headers={"Origin": "http://a.test"})
         assert r.status == 401
         assert r.headers.get("access-control-allow-origin") == "http://a.test"
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_forwarded_proto_counts_only_from_trusted_proxies(origin, engine, trusted):
+    """redirect's http_to_https: a client's own X-Forwarded-Proto does not make a plain http
+    request https (APISIX overwrites it unless the peer is in trusted_addresses)."""
+    routes = [route("/*", origin.addr, plugins={"redirect": {"http_to_https": True}})]
+    node: dict[str, Any] = {"trusted_addresses": ["127.0.0.0/8"]} if trusted else {}
+    with Gateway(
+        config={"routes": routes}, listen=["127.0.0.1:0"], workers=1, engine=engine, **node
+    ) as gw:
+        r = request(gw.url, "/x", headers={"X-Forwarded-Proto": "https"})
+        if trusted:
+            assert r.status == 200  # a trusted proxy says the client came over https
+        else:
+            assert r.status == 301 and r.headers["location"].startswith("https://")
+        plain = request(gw.url, "/x")
+        assert plain.status == 301

@@ -50,18 +50,31 @@ pub fn phase_bits(names: &[String]) -> u8 {
 }
 
 /// What plugins see of the request; made once per request, only for plugin routes.
+///
+/// As in APISIX (which overwrites the inbound header with `$scheme` unless the peer is one
+/// of its `trusted_addresses`), `X-Forwarded-Proto` is the gateway's own scheme unless
+/// `trusted_peer`: a client cannot make a plugin (`redirect`'s `http_to_https`) believe it
+/// came over https.
 pub fn request_data(
     bridge: &Bridge,
     parts: &Parts,
     view: &RequestView<'_>,
     m: &Matched<RouteEntry>,
+    trusted_peer: bool,
 ) -> Arc<RequestData> {
+    let mut headers = parts.headers.clone();
+    if !trusted_peer {
+        headers.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("http"),
+        );
+    }
     Arc::new(RequestData {
         id: bridge.next_request_id(),
         method: parts.method.clone(),
         uri: parts.uri.clone(),
         path: view.path.to_string(),
-        headers: parts.headers.clone(),
+        headers,
         host: view.host.to_string(),
         client: view.client,
         peer: view.peer,

@@ -87,8 +87,10 @@ pub async fn handle(
         let Some(m) = state.router.matches(&view) else {
             return Ok(json_error(StatusCode::NOT_FOUND, "404 Route Not Found"));
         };
-        let request = (m.payload.phases != 0)
-            .then(|| plugins::request_data(&state.bridge, &parts, &view, &m));
+        let request = (m.payload.phases != 0).then(|| {
+            let trusted = state.trusted.matches(conn.peer.ip());
+            plugins::request_data(&state.bridge, &parts, &view, &m, trusted)
+        });
         // Limiters read their keys now unless Python request plugins run first (their
         // changes and the consumer they authenticate count then).
         let limits = match &m.payload.limits {

@@ -212,7 +212,14 @@ class _Request:
         return self._info.request_uri
 
     def headers(self) -> list[tuple[str, str]]:
-        return self._info.headers
+        info = self._info
+        if info.peer_trusted:
+            return info.headers
+        # As the native plane (and APISIX): X-Forwarded-Proto is the gateway's own scheme
+        # unless the peer is a trusted proxy.
+        kept = [(n, v) for n, v in info.headers if n != "x-forwarded-proto"]
+        kept.append(("x-forwarded-proto", "http"))
+        return kept
 
     def params(self) -> list[tuple[str, str]]:
         return self._params
