@@ -501,3 +501,16 @@ def test_forwarded_proto_counts_only_from_trusted_proxies(origin, engine, truste
             assert r.status == 301 and r.headers["location"].startswith("https://")
         plain = request(gw.url, "/x")
         assert plain.status == 301
+
+
+def test_regex_uri_keeps_an_encoded_question_mark_in_the_path(origin, engine):
+    """proxy-rewrite regex_uri: a %3F of the client's path stays in the path (APISIX); it
+    must not become a query separator the client chose."""
+    plugins = {"proxy-rewrite": {"regex_uri": ["^/pr1/(.*)", "/x/$1"]}}
+    routes = [route("/pr1/*", origin.addr, plugins=plugins)]
+    with Gateway(config={"routes": routes}, listen=["127.0.0.1:0"], workers=1, engine=engine) as gw:
+        r = request(gw.url, "/pr1/foo%3Fbar?a=1")
+        assert r.status == 200
+        assert r.json()["path"] == "/x/foo%3Fbar?a=1"
+        plain = request(gw.url, "/pr1/foo?a=1")
+        assert plain.json()["path"] == "/x/foo?a=1"

@@ -2,9 +2,10 @@
 
 pygateway notes: the new path is stored decoded in ``ctx.uri`` (the engine escapes it for the
 request line); a ``?`` in ``uri`` / the ``regex_uri`` result starts the query, which is put
-before the client's own query.  ``use_real_request_uri_unsafe`` sets ``ctx.upstream_uri`` (the
-raw request target sent verbatim).  ``scheme`` (removed in APISIX 3.0) is accepted with the
-value ``http`` only, for old configurations.
+before the client's own query (for ``regex_uri``, unless the client's decoded path has a ``?``
+of its own: then the whole result is the path, as in APISIX).  ``use_real_request_uri_unsafe``
+sets ``ctx.upstream_uri`` (the raw request target sent verbatim).  ``scheme`` (removed in
+APISIX 3.0) is accepted with the value ``http`` only, for old configurations.
 """
 
 from __future__ import annotations
@@ -168,7 +169,12 @@ class ProxyRewrite(Plugin):
                     msg = f"failed to substitute the uri {uri} ({pattern}) with {template} : {err}"
                     ctx.log.error(msg)
                     return 500, {"error_msg": msg}
-                new_path, new_query = _split_target(result)
+                if "?" in uri:
+                    # APISIX: a "?" of the client's path (sent as %3F) makes the whole
+                    # result a path; it must not start a query the client chose.
+                    new_path, new_query = result, None
+                else:
+                    new_path, new_query = _split_target(result)
                 have_target = True
                 break
         ctx.state["proxy_rewrite_regex_uri_captures"] = captures
