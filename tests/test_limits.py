@@ -171,8 +171,8 @@ def test_conf_change_starts_a_new_counter_same_conf_keeps_it(gateway: Make, orig
 
 def test_rules_apply_every_window_with_prefixed_headers(gateway: Make, origin: Origin) -> None:
     rules = [
-        {"count": 3, "time_window": 60, "key": "remote_addr", "header_prefix": "minute"},
-        {"count": 1, "time_window": 3600, "key": "http_x_user"},
+        {"count": 3, "time_window": 60, "key": "$remote_addr", "header_prefix": "minute"},
+        {"count": 1, "time_window": 3600, "key": "${http_x_user}"},
     ]
     gw = gateway({"routes": [route("/a", origin.addr, plugins={"limit-count": {"rules": rules}})]})
     r = request(gw.url, "/a", headers={"X-User": "u"})
@@ -182,6 +182,35 @@ def test_rules_apply_every_window_with_prefixed_headers(gateway: Make, origin: O
     assert request(gw.url, "/a", headers={"X-User": "u"}).status == 503
     assert request(gw.url, "/a", headers={"X-User": "v"}).status == 200
     assert request(gw.url, "/a", headers={"X-User": "w"}).status == 503, "minute rule spent"
+
+
+def test_rules_apply_when_their_key_resolves(gateway: Make, origin: Origin) -> None:
+    """APISIX: a rule whose key resolves no variable does not apply; with none left the
+    request fails (500); the first rule that refuses ends it (later ones are not counted)."""
+    rules = [
+        {"count": 1, "time_window": 60, "key": "${http_x_user}", "header_prefix": "user"},
+        {"count": 3, "time_window": 60, "key": "$http_x_team", "header_prefix": "team"},
+    ]
+    gw = gateway({"routes": [route("/a", origin.addr, plugins={"limit-count": {"rules": rules}})]})
+    assert request(gw.url, "/a").status == 500
+    team = {"X-Team": "t"}
+    r = request(gw.url, "/a", headers=team)
+    assert r.status == 200 and "x-user-ratelimit-limit" not in r.headers
+    both = {"X-User": "u", "X-Team": "t"}
+    assert request(gw.url, "/a", headers=both).status == 200
+    refused = request(gw.url, "/a", headers=both)
+    assert refused.status == 503 and "x-team-ratelimit-remaining" not in refused.headers
+    left = request(gw.url, "/a", headers=team).headers["x-team-ratelimit-remaining"]
+    assert left == "0", "the refused request was counted by the later rule"
+
+
+def test_amounts_from_variables_with_defaults(gateway: Make, origin: Origin) -> None:
+    plugins = {"limit-count": {"count": "${http_count ?? 2}", "time_window": "$http_window"}}
+    gw = gateway({"routes": [route("/a", origin.addr, plugins=plugins)]})
+    window = {"Window": "60"}
+    assert statuses(gw, "/a", 3, headers=window) == [200, 200, 503]
+    assert request(gw.url, "/a").status == 500, "time_window resolved to nothing"
+    assert request(gw.url, "/a", headers={"Window": "1.5"}).status == 500
 
 
 def test_window_resets(gateway: Make, origin: Origin) -> None:
@@ -327,6 +356,9 @@ def test_forwarded_for_counts_from_a_trusted_proxy(gateway: Make, origin: Origin
     assert sent == [200, 503, 200]
 
 
+RULE = {"count": 1, "time_window": 60, "key": "$remote_addr"}
+
+
 def test_invalid_confs_are_refused_with_apisix_wording() -> None:
     from pygateway.config import ConfigError
 
@@ -335,6 +367,12 @@ def test_invalid_confs_are_refused_with_apisix_wording() -> None:
         ({"count": 1}, "matches none"),
         ({"count": 1, "time_window": 60, "policy": "redis"}, "redis_host"),
         ({"count": 1, "time_window": 60, "rejected_code": 600}, "rejected_code"),
+        (
+            {"count": 1, "time_window": 60, "rules": [RULE]},
+            "count/time_window and rules cannot be specified at the same time",
+        ),
+        ({"rules": [RULE, RULE]}, "duplicate key '$remote_addr' in rules"),
+        ({"group": "g", "rules": [RULE]}, "group and rules cannot be specified at the same time"),
     ]
     for conf, text in bad:
         cfg = {"routes": [route("/a", "127.0.0.1:1", plugins={"limit-count": conf})]}

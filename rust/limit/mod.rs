@@ -91,7 +91,33 @@ enum KeySpec {
 #[derive(Debug, Clone, PartialEq)]
 enum Piece {
     Text(String),
-    Var(String),
+    /// `$name`, `${name}` or `${name ?? default}`.
+    Var(String, Option<String>),
+}
+
+/// Text with its variables resolved, and how many resolved (APISIX `resolve_var`: a
+/// variable that is absent or empty gives its default, else nothing).
+fn render(pieces: &[Piece], vars: &dyn RequestVars) -> (String, usize) {
+    let mut out = String::new();
+    let mut resolved = 0;
+    for p in pieces {
+        match p {
+            Piece::Text(t) => out.push_str(t),
+            Piece::Var(name, default) => match vars.var(name).filter(|v| !v.is_empty()) {
+                Some(v) => {
+                    resolved += 1;
+                    out.push_str(&v);
+                }
+                None => {
+                    if let Some(d) = default {
+                        resolved += 1;
+                        out.push_str(d);
+                    }
+                }
+            },
+        }
+    }
+    (out, resolved)
 }
 
 impl KeySpec {
@@ -113,19 +139,7 @@ impl KeySpec {
                 .filter(|v| !v.is_empty())
                 .map(Cow::into_owned),
             KeySpec::Combination(pieces) => {
-                let mut out = String::new();
-                let mut resolved = 0;
-                for p in pieces {
-                    match p {
-                        Piece::Text(t) => out.push_str(t),
-                        Piece::Var(name) => {
-                            if let Some(v) = vars.var(name).filter(|v| !v.is_empty()) {
-                                resolved += 1;
-                                out.push_str(&v);
-                            }
-                        }
-                    }
-                }
+                let (out, resolved) = render(pieces, vars);
                 (resolved > 0).then_some(out)
             }
         }
@@ -145,12 +159,12 @@ fn parse_combination(s: &str) -> Vec<Piece> {
         let rest = &s[i + 1..];
         let (name, used) = if let Some(inner) = rest.strip_prefix('{') {
             match inner.find('}') {
-                Some(end) => (&inner[..end], end + 2),
+                Some(end) => (inner[..end].trim(), end + 2),
                 None => ("", 0),
             }
         } else {
             let end = rest
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
                 .unwrap_or(rest.len());
             (&rest[..end], end)
         };
@@ -161,7 +175,11 @@ fn parse_combination(s: &str) -> Vec<Piece> {
         if !text.is_empty() {
             pieces.push(Piece::Text(std::mem::take(&mut text)));
         }
-        pieces.push(Piece::Var(name.to_owned()));
+        let piece = match name.split_once("??") {
+            Some((n, d)) => Piece::Var(n.trim().to_owned(), Some(d.trim().to_owned())),
+            None => Piece::Var(name.to_owned(), None),
+        };
+        pieces.push(piece);
         for _ in 0..used {
             chars.next();
         }
@@ -172,11 +190,12 @@ fn parse_combination(s: &str) -> Vec<Piece> {
     pieces
 }
 
-/// A number that may come from a variable (`count: "$http_quota"`, APISIX 3.16+).
+/// A number that may come from variables (`count: "$http_quota"`,
+/// `"${http_quota ?? 10}"`, APISIX 3.16+).
 #[derive(Debug, Clone, PartialEq)]
 enum Amount {
     Fixed(f64),
-    Var(String),
+    Template(Vec<Piece>),
 }
 
 impl Amount {
@@ -187,15 +206,13 @@ impl Amount {
                 .filter(|x| *x > 0.0)
                 .map(Amount::Fixed)
                 .ok_or_else(|| format!("{field} must be greater than 0")),
-            Value::String(s) => match s.strip_prefix('$') {
-                Some(name) => Ok(Amount::Var(name.to_owned())),
-                None => s
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|x| *x > 0.0)
-                    .map(Amount::Fixed)
-                    .ok_or_else(|| format!("{field} must be a positive number or a $variable")),
-            },
+            Value::String(s) if s.contains('$') => Ok(Amount::Template(parse_combination(s))),
+            Value::String(s) => s
+                .parse::<f64>()
+                .ok()
+                .filter(|x| *x > 0.0)
+                .map(Amount::Fixed)
+                .ok_or_else(|| format!("{field} must be a positive number or a $variable")),
             _ => Err(format!("{field} must be a number or a string")),
         }
     }
@@ -203,10 +220,13 @@ impl Amount {
     fn resolve(&self, vars: &dyn RequestVars) -> Option<f64> {
         match self {
             Amount::Fixed(x) => Some(*x),
-            Amount::Var(name) => vars
-                .var(name)
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .filter(|x| *x > 0.0),
+            // APISIX: a positive integer once resolved, else the request fails.
+            Amount::Template(pieces) => render(pieces, vars)
+                .0
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|x| *x > 0.0 && x.fract() == 0.0),
         }
     }
 }
@@ -427,6 +447,8 @@ struct Rule {
     key: KeySpec,
     /// Header names get `X-<prefix>-` (rules only).
     prefix: Option<String>,
+    /// One of `rules[]`: it applies only when a variable of its key resolves (APISIX).
+    optional: bool,
 }
 
 /// What happens to a request a limiter turns away.
@@ -548,12 +570,14 @@ impl Limiter {
                             Ok(Rule {
                                 count: Amount::parse(&r.count, "count")?,
                                 window: Amount::parse(&r.time_window, "time_window")?,
-                                key: KeySpec::parse(&r.key, &c.key_type)?,
+                                // A rule's key is always a template (APISIX resolve_var).
+                                key: KeySpec::Combination(parse_combination(&r.key)),
                                 prefix: Some(
                                     r.header_prefix
                                         .clone()
                                         .unwrap_or_else(|| (i + 1).to_string()),
                                 ),
+                                optional: true,
                             })
                         })
                         .collect::<Result<Vec<_>, String>>()
@@ -563,6 +587,7 @@ impl Limiter {
                         window: Amount::parse(window, "time_window").map_err(fail)?,
                         key: KeySpec::parse(&c.key, &c.key_type).map_err(fail)?,
                         prefix: None,
+                        optional: false,
                     }],
                     _ => return Err(fail("count and time_window, or rules, are required".into())),
                 };
@@ -683,15 +708,23 @@ impl Limits {
                         .rules
                         .iter()
                         .enumerate()
-                        .map(|(i, r)| Window {
-                            key: if c.rules.len() > 1 {
-                                key_of(&format!("{}:{i}", c.common.ident), &r.key)
+                        .filter_map(|(i, r)| {
+                            let value = match r.key.resolve(vars) {
+                                Some(v) => v,
+                                None if r.optional => return None,
+                                None => client(),
+                            };
+                            let ident = if c.rules.len() > 1 {
+                                format!("{}:{i}", c.common.ident)
                             } else {
-                                key_of(&c.common.ident, &r.key)
-                            },
-                            count: r.count.resolve(vars).map(|x| x as u64),
-                            window: r.window.resolve(vars).map(Duration::from_secs_f64),
-                            prefix: r.prefix.clone(),
+                                c.common.ident.to_string()
+                            };
+                            Some(Window {
+                                key: format!("{ident}:{value}"),
+                                count: r.count.resolve(vars).map(|x| x as u64),
+                                window: r.window.resolve(vars).map(Duration::from_secs_f64),
+                                prefix: r.prefix.clone(),
+                            })
                         })
                         .collect(),
                     lim: c.clone(),
@@ -869,7 +902,13 @@ impl Resolved {
                 Ready::Count { lim, windows } => {
                     let l = &*lim;
                     let mut headers = Vec::new();
-                    let mut rejected = false;
+                    if windows.is_empty() {
+                        // rules[] of which none applies to this request (APISIX: 500).
+                        log::error!("limit-count: no rule applies to the request");
+                        if !l.common.degrade {
+                            return Err(failed("count"));
+                        }
+                    }
                     for w in windows {
                         let (Some(count), Some(window)) = (w.count, w.window) else {
                             log::error!("limit-count: count or time_window did not resolve");
@@ -900,7 +939,11 @@ impl Resolved {
                                         &st,
                                     );
                                 }
-                                rejected |= !st.allowed;
+                                if !st.allowed {
+                                    // The first rule that refuses ends it: later rules are
+                                    // neither counted nor shown (APISIX).
+                                    return Err(refused(&l.common.reject, headers));
+                                }
                             }
                             Err(e) => {
                                 log::error!("limit-count: {e}");
@@ -909,9 +952,6 @@ impl Resolved {
                                 }
                             }
                         }
-                    }
-                    if rejected {
-                        return Err(refused(&l.common.reject, headers));
                     }
                     admitted.headers.extend(headers);
                 }
@@ -1108,8 +1148,8 @@ mod tests {
         let limits = one(
             "limit-count",
             json!({"rules": [
-                {"count": 5, "time_window": 60, "key": "remote_addr", "header_prefix": "minute"},
-                {"count": 1, "time_window": 3600, "key": "http_user"}
+                {"count": 5, "time_window": 60, "key": "$remote_addr", "header_prefix": "minute"},
+                {"count": 1, "time_window": 3600, "key": "${http_user}"}
             ]}),
         );
         let v = vars(&[("remote_addr", "1.1.1.1"), ("http_user", "u")]);
@@ -1128,6 +1168,78 @@ mod tests {
             "{names:?}"
         );
         assert_eq!(run(&limits, &v, &store).err().unwrap().status, 503);
+    }
+
+    #[test]
+    fn rules_apply_when_their_key_resolves_and_stop_at_the_first_refusal() {
+        let store = Arc::new(LocalStore::default());
+        let limits = one(
+            "limit-count",
+            json!({"rules": [
+                {"count": 1, "time_window": 60, "key": "${http_user}", "header_prefix": "u"},
+                {"count": 5, "time_window": 60, "key": "$remote_addr", "header_prefix": "ip"}
+            ]}),
+        );
+        // No user header: the first rule does not apply, the second does.
+        let anon = vars(&[("remote_addr", "1.1.1.1")]);
+        let names = |h: &[(HeaderName, HeaderValue)]| {
+            h.iter()
+                .map(|(k, _)| k.as_str().to_owned())
+                .collect::<Vec<_>>()
+        };
+        let ok = run(&limits, &anon, &store).unwrap();
+        assert_eq!(names(&ok.headers)[0], "x-ip-ratelimit-limit");
+        // The user's rule refuses its second request; the ip rule is not counted for it.
+        let user = vars(&[("remote_addr", "2.2.2.2"), ("http_user", "jack")]);
+        assert!(run(&limits, &user, &store).is_ok());
+        let refused = run(&limits, &user, &store).err().unwrap();
+        assert_eq!(refused.status, 503);
+        assert!(names(&refused.headers)
+            .iter()
+            .all(|n| n.starts_with("x-u-")));
+        let after = run(&limits, &vars(&[("remote_addr", "2.2.2.2")]), &store).unwrap();
+        let remaining = after
+            .headers
+            .iter()
+            .find(|(k, _)| k == "x-ip-ratelimit-remaining");
+        assert_eq!(
+            remaining.unwrap().1,
+            "3",
+            "the refused request took an ip slot"
+        );
+        // No rule applies at all: the request fails (APISIX answers 500).
+        let none = one(
+            "limit-count",
+            json!({"rules": [{"count": 1, "time_window": 60, "key": "${http_user}"}]}),
+        );
+        assert_eq!(run(&none, &anon, &store).err().unwrap().status, 500);
+    }
+
+    #[test]
+    fn amounts_are_templates_with_defaults() {
+        let store = Arc::new(LocalStore::default());
+        let limits = one(
+            "limit-count",
+            json!({"count": "${http_quota ?? 2}", "time_window": "$http_window", "key": "remote_addr"}),
+        );
+        let v = vars(&[("remote_addr", "1.1.1.1"), ("http_window", "60")]);
+        assert!(run(&limits, &v, &store).is_ok());
+        assert!(run(&limits, &v, &store).is_ok());
+        assert_eq!(
+            run(&limits, &v, &store).err().unwrap().status,
+            503,
+            "the default 2 counts"
+        );
+        let given = vars(&[
+            ("remote_addr", "3.3.3.3"),
+            ("http_window", "60"),
+            ("http_quota", "1"),
+        ]);
+        assert!(run(&limits, &given, &store).is_ok());
+        assert_eq!(run(&limits, &given, &store).err().unwrap().status, 503);
+        // Not a positive integer once resolved: the request fails.
+        let bad = vars(&[("remote_addr", "4.4.4.4"), ("http_window", "1.5")]);
+        assert_eq!(run(&limits, &bad, &store).err().unwrap().status, 500);
     }
 
     #[test]

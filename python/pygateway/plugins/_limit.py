@@ -14,7 +14,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from pygateway.plugin import PluginRegistry
 
 from ._redis import Target
+from ._util import resolve_var
 
 POLICIES = ("local", "redis", "redis-cluster")
 
@@ -128,15 +129,55 @@ def resolve_key(ctx: Ctx, key: str, key_type: str) -> str:
 
 
 def resolve_amount(ctx: Ctx, value: Any) -> float | None:
-    """``count: 10`` or ``count: "$http_quota"`` (APISIX 3.16+)."""
+    """``count: 10``, ``"$http_quota"`` or ``"${http_quota ?? 10}"`` (APISIX 3.16+); None when
+    the resolved text is not a positive integer (the request then fails, as in APISIX)."""
     if isinstance(value, str):
-        text = str(ctx.var.get(value[1:]) or "") if value.startswith("$") else value
+        text = resolve_var(value, ctx.var) if "$" in value else value
         try:
-            number = float(text)
+            number = float(text.strip())
         except ValueError:
             return None
-        return number if number > 0 else None
+        return number if number > 0 and number.is_integer() else None
     return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+def resolve_rule_key(ctx: Ctx, key: str) -> str | None:
+    """A ``rules[]`` key: a template (``"${http_user}"``); None when no variable of it
+    resolved (the rule does not apply to the request, as in APISIX)."""
+    resolved = 0
+
+    def count(value: str) -> str:
+        nonlocal resolved
+        resolved += 1
+        return value
+
+    text = resolve_var(key, _Present(ctx.var), count)
+    return text if resolved else None
+
+
+class _Present(Mapping[str, Any]):
+    """``ctx.var`` where an empty value counts as absent (the native limiters' view)."""
+
+    def __init__(self, var: Mapping[str, Any]) -> None:
+        self._var = var
+
+    def __getitem__(self, name: str) -> Any:
+        value = self._var.get(name)
+        if value is None or value == "":
+            raise KeyError(name)
+        return value
+
+    def get(self, name: str, default: Any = None) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._var)
+
+    def __len__(self) -> int:
+        return len(self._var)
 
 
 class LocalCounters:

@@ -23,6 +23,7 @@ from ._limit import (
     rejection,
     resolve_amount,
     resolve_key,
+    resolve_rule_key,
 )
 
 _HEADERS = "limit-count.headers"
@@ -76,20 +77,24 @@ class LimitCount(Plugin):
         rules = conf.get("rules")
         if rules is not None:
             if "count" in conf or "time_window" in conf:
-                return "value should match only one schema, but matches both schemas 1 and 2"
+                return "count/time_window and rules cannot be specified at the same time"
             if conf.get("group"):
-                return "group is not supported with rules"
-            keys = [r["key"] for r in rules]
-            if len(set(keys)) != len(keys):
-                return "duplicate key in rules"
+                return "group and rules cannot be specified at the same time"
+            seen: set[str] = set()
+            for rule in rules:
+                if rule["key"] in seen:
+                    return f"duplicate key '{rule['key']}' in rules"
+                seen.add(rule["key"])
         elif "count" not in conf or "time_window" not in conf:
             return "value should match only one schema, but matches none"
         interval = conf.get("sync_interval", -1)
-        if interval != -1 and (
-            interval < 0.1
-            or (isinstance(conf.get("time_window"), int) and interval >= conf["time_window"])
-        ):
-            return "sync_interval should be at least 0.1 and less than time_window"
+        if conf.get("policy") in ("redis", "redis-cluster") and interval != -1:
+            # APISIX checks it for the Redis policies only (the local one has no sync).
+            if interval < 0.1:
+                return "sync_interval should not be smaller than 0.1"
+            window = conf.get("time_window")
+            if isinstance(window, (int, float)) and interval >= window:
+                return "sync_interval should be smaller than time_window"
         return check_policy(conf)
 
     def sync_variant(self, phase: str, conf: dict[str, Any]) -> Callable[..., Any] | None:
@@ -149,24 +154,32 @@ class LimitCount(Plugin):
         key_type = conf.get("key_type", "var")
         show = conf.get("show_limit_quota_header", True)
         headers: list[tuple[str, str]] = []
-        rejected = False
+        applied = 0
         for i, rule in enumerate(rules):
+            if explicit:
+                # A rule applies when a variable of its key resolves (APISIX).
+                key = resolve_rule_key(ctx, rule["key"])
+                if key is None:
+                    continue
+            else:
+                key = resolve_key(ctx, rule.get("key") or "remote_addr", key_type)
+            applied += 1
             count = resolve_amount(ctx, rule["count"])
             window = resolve_amount(ctx, rule["time_window"])
             if count is None or window is None:
                 return failed("count")
-            key = resolve_key(ctx, rule.get("key") or "remote_addr", key_type)
             scope = f"{ident}:{i}" if len(rules) > 1 else ident
             state = yield f"{scope}:{key}", int(count), window
             if state is None:
                 continue
             allowed, remaining, reset = state
-            rejected |= not allowed
             if show:
                 prefix = (rule.get("header_prefix") or str(i + 1)) if explicit else None
                 headers += _quota(ctx, prefix, int(count), remaining, reset)
-        if rejected:
-            return rejection(conf, headers)
+            if not allowed:  # the first rule that refuses ends it (APISIX)
+                return rejection(conf, headers)
+        if not applied and not conf.get("allow_degradation"):
+            return failed("count")  # rules[] of which none applies (APISIX: 500)
         if headers:
             ctx.state.setdefault(_HEADERS, []).extend(headers)
         return None
