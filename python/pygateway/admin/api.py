@@ -140,7 +140,7 @@ class AdminApi:
         *,
         enabled: list[str] | None = None,
         reload_plugins: Callable[[], None] | None = None,
-        vouch: Callable[[Entry], None] | None = None,
+        vouch: Callable[[Entry, dict[str, Any]], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -152,7 +152,10 @@ class AdminApi:
         """Told of each write that passed every check without a warning."""
         self.clock = clock
         self._write = threading.Lock()
-        self._warned = False  # by the last _check (writes are serialised by _write)
+        # Of the write under way (writes are serialised by _write):
+        self._warned = False  # its _check found warnings
+        self._checked: dict[str, Any] | None = None  # what its _check validated
+        self._kind_written = ""
 
     # -- dispatch --------------------------------------------------------------------
 
@@ -191,6 +194,8 @@ class AdminApi:
             if method == "GET":
                 return self._get(kind, owner, ident, args)
             with self._write:
+                self._kind_written = kind.name
+                self._checked = None
                 if method == "PUT":
                     return self._put(kind, owner, ident, body)
                 if method == "POST":
@@ -266,8 +271,10 @@ class AdminApi:
     # -- checks ----------------------------------------------------------------------
 
     def _check(self, kind: Kind, key: str, conf: Any, *, allow_time: bool = False) -> Reply | None:
-        """Schema, plugins and references of ``conf`` (defaults are filled in place) to be
-        stored at ``key``."""
+        """Schema, plugins and references of ``conf`` to be stored at ``key``.
+
+        As APISIX 3.14+, a copy is checked (its schema defaults filled in, kept in
+        ``self._checked`` for the builder) and ``conf`` is stored as the client sent it."""
         if not isinstance(conf, dict):
             return None  # callers refuse non-objects before
         if not allow_time:
@@ -275,7 +282,8 @@ class AdminApi:
                 if name in conf:
                     return _error(400, f"the property is forbidden: {name}")
         self._warned = False
-        for problem in CHECKERS[kind.name](conf, self.catalog):
+        self._checked = checked = copy.deepcopy(conf)
+        for problem in CHECKERS[kind.name](checked, self.catalog):
             if not problem.warning:
                 return _error(400, problem.message)
             self._warned = True
@@ -317,6 +325,8 @@ class AdminApi:
         return None
 
     def _stamp(self, conf: dict[str, Any], previous: Entry | None) -> None:
+        if self._kind_written == "plugin_metadata":
+            return  # APISIX stamps no plugin_metadata
         now = int(self.clock())
         created = previous.value.get("create_time") if previous is not None else None
         conf["create_time"] = created if isinstance(created, int) else now
@@ -325,10 +335,21 @@ class AdminApi:
     def _store_put(self, key: str, conf: dict[str, Any]) -> tuple[Entry, bool]:
         """Store a checked conf."""
         entry, created = self.store.put(key, conf)
-        # plugin_metadata is checked by the plugin's own schema before the time stamps are
-        # added, which that schema may refuse: the builder checks the stored value itself.
-        if self.vouch is not None and not self._warned and not key.startswith("plugin_metadata/"):
-            self.vouch(entry)
+        # plugin_metadata is checked by the plugin's own schema: the builder checks the
+        # stored value itself.
+        checked = self._checked
+        if (
+            self.vouch is not None
+            and not self._warned
+            and checked is not None
+            and not key.startswith("plugin_metadata/")
+        ):
+            # What the builder compiles: the checked copy (defaults filled), as stored.
+            for name in ("id", "username", *TIME_FIELDS):
+                if name in conf:
+                    checked[name] = conf[name]
+            self.vouch(entry, checked)
+        self._checked = None
         return entry, created
 
     def _written(self, entry: Entry, created: bool) -> Reply:

@@ -190,8 +190,13 @@ class AdminServer:
                 return _json(401, {"error_msg": "failed to check token", "description": why})
         try:
             raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return _json(413, {"error_msg": f"request body larger than {MAX_BODY} bytes"})
+        except web.HTTPRequestEntityTooLarge as err:
+            size = request.content_length or getattr(err, "actual_size", None) or "?"
+            message = (
+                f"invalid request body: request size {size} is greater than the maximum size "
+                f"{MAX_BODY} allowed"
+            )
+            return _json(400, {"error_msg": message})
         if path == PREFIX + "/configs" and method in ("GET", "HEAD", "PUT"):
             loop = asyncio.get_running_loop()
             try:

@@ -83,9 +83,10 @@ class ConfigBuilder:
         else:
             log.error("store: skipping %s (invalid): %s", entry.key, issue)
 
-    def vouch(self, entry: Entry) -> None:
-        """``entry`` was just written after passing the same checks (the Admin API): its
-        item needs no second validation when the store's change arrives."""
+    def vouch(self, entry: Entry, checked: dict[str, Any]) -> None:
+        """``entry`` was just written after passing the same checks (the Admin API), which
+        gave ``checked`` (its value with the schema defaults filled): its item needs no
+        second validation when the store's change arrives."""
         parts = parse_key(entry.key)
         if parts is None or parts[0] not in CHECKERS or not isinstance(entry.value, dict):
             return
@@ -93,7 +94,7 @@ class ConfigBuilder:
         ident = sub if sub is not None else ident
         if len(self._vouched) > 1024:  # written but never built (deleted meanwhile)
             self._vouched.clear()
-        item = Item(ident, entry.created_index, _prepared(resource, ident, entry.value))
+        item = Item(ident, entry.created_index, _prepared(resource, ident, checked))
         self._vouched[entry.key] = (entry.modified_index, item)
 
     def _validate(self, resource: str, ident: str, entry: Entry) -> Item | None:
