@@ -514,3 +514,21 @@ def test_regex_uri_keeps_an_encoded_question_mark_in_the_path(origin, engine):
         assert r.json()["path"] == "/x/foo%3Fbar?a=1"
         plain = request(gw.url, "/pr1/foo?a=1")
         assert plain.json()["path"] == "/x/foo?a=1"
+
+
+def test_response_rewrite_adds_separate_header_lines(origin, engine):
+    """headers.add emits a line per value (nginx add_header): two cookies stay two."""
+    import http.client
+
+    add = ["Set-Cookie: a=1", "Set-Cookie: b=2"]
+    plugins = {"response-rewrite": {"headers": {"add": add}}}
+    routes = [route("/*", origin.addr, plugins=plugins)]
+    with Gateway(config={"routes": routes}, listen=["127.0.0.1:0"], workers=1, engine=engine) as gw:
+        host, _, port = gw.addresses[0].rpartition(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request("GET", "/x")
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+        cookies = [v for k, v in resp.getheaders() if k.lower() == "set-cookie"]
+        assert cookies == ["a=1", "b=2"]

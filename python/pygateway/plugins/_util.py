@@ -165,7 +165,13 @@ def header_value(value: Any) -> str:
 
 
 def add_value(headers: MutableMapping[str, str], name: str, value: str) -> None:
-    """Append a header value; an existing value is joined with ``, `` (RFC 9110 §5.3)."""
+    """Add a header line, as nginx's ``add_header`` (APISIX ``core.response.add_header``):
+    a separate line in a multi-valued mapping (two ``Set-Cookie`` must not become one), else
+    joined with ``, `` (RFC 9110 §5.3)."""
+    add = getattr(headers, "add", None)
+    if callable(add):
+        add(name, value)
+        return
     existing = headers.get(name)
     headers[name] = f"{existing}, {value}" if existing else value
 
