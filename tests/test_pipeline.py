@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from pygateway.ctx import Headers, SimpleCtx
-from pygateway.pipeline import Pipeline, PluginResponse, normalize_response
+from pygateway.pipeline import Pipeline, PluginResponse, nginx_page, normalize_response
 from pygateway.plugin import Plugin, PluginRegistry
 
 Conf = dict[str, Any]
@@ -289,14 +289,21 @@ class Responder(Plugin):
             b'{"a":1}\n',
             [("Content-Type", "application/x")],
         ),
-        ((404, None, [("X-A", "1"), ("X-A", "2")]), 404, b"", [("X-A", "1"), ("X-A", "2")]),
+        # a bare status of 300 or more: nginx's page (APISIX exit(code) → ngx.exit)
+        (
+            (404, None, [("X-A", "1"), ("X-A", "2")]),
+            404,
+            nginx_page(404),
+            [("X-A", "1"), ("X-A", "2"), ("Content-Type", "text/html")],
+        ),
         (
             (204, None, {"X-List": ["a", "b"], "X-None": None}),
             204,
             b"",
             [("X-List", "a"), ("X-List", "b")],
         ),
-        (503, 503, b"", []),
+        (503, 503, nginx_page(503), [("Content-Type", "text/html")]),
+        ((404, ""), 404, b"", []),  # an empty body is a body
         ((None, "ignored"), None, None, None),
     ],
 )

@@ -11,6 +11,7 @@ import pytest
 from conftest import request, route
 from pygateway import ConfigError, Gateway
 from pygateway.ctx import RequestBodyTooLarge
+from pygateway.pipeline import nginx_page
 from pygateway.plugin import Plugin
 
 CALLS: list[str] = []
@@ -200,7 +201,7 @@ def test_phases_run_in_order_and_change_the_upstream_request(plugin_gateway, ori
     [
         ("rewrite", 418, b'{"stopped":"rewrite"}\n'),
         ("access", 403, b"no"),
-        ("before_proxy", 503, b""),
+        ("before_proxy", 503, nginx_page(503)),  # (503, None): nginx's page, as APISIX
     ],
 )
 def test_short_circuit_from_each_request_phase(plugin_gateway, origin, phase, status, body):
@@ -501,6 +502,8 @@ def test_forwarded_proto_counts_only_from_trusted_proxies(origin, engine, truste
             assert r.status == 301 and r.headers["location"].startswith("https://")
         plain = request(gw.url, "/x")
         assert plain.status == 301
+        # no body configured: nginx's page, as APISIX's exit(code)
+        assert plain.body == nginx_page(301) and plain.headers["content-type"] == "text/html"
 
 
 def test_regex_uri_keeps_an_encoded_question_mark_in_the_path(origin, engine):

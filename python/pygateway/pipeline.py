@@ -27,6 +27,7 @@ import threading
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 from .config import expr
@@ -84,6 +85,21 @@ class PluginResponse:
             plugin,
             phase,
         )
+
+
+_NGINX_REASONS = {503: "Service Temporarily Unavailable", 413: "Request Entity Too Large"}
+
+
+def nginx_page(status: int) -> bytes:
+    """nginx's page for a bare status (APISIX ``core.response.exit(code)`` → ``ngx.exit``)."""
+    reason = _NGINX_REASONS.get(status) or (
+        HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+    )
+    line = f"{status} {reason}".rstrip()
+    return (
+        f"<html>\r\n<head><title>{line}</title></head>\r\n<body>\r\n<center><h1>{line}"
+        "</h1></center>\r\n<hr><center>pygateway</center>\r\n</body>\r\n</html>\r\n"
+    ).encode()
 
 
 def _encode_body(body: Any) -> tuple[bytes, bool]:
@@ -145,8 +161,13 @@ def normalize_response(
         raise TypeError(f"invalid response status {status!r}")
     if status >= 400 and error_response is not None:
         body = error_response
-    data, is_json = _encode_body(body)
     pairs = _header_pairs(headers)
+    if body is None and status >= 300 and status != 304:
+        # A bare status: nginx's page, as APISIX's exit(code) gives.
+        if not any(n.lower() == "content-type" for n, _ in pairs):
+            pairs.append(("Content-Type", "text/html"))
+        return PluginResponse(status, nginx_page(status), pairs, plugin, phase)
+    data, is_json = _encode_body(body)
     if is_json and not any(n.lower() == "content-type" for n, _ in pairs):
         pairs.append(("Content-Type", JSON_CONTENT_TYPE))
     return PluginResponse(status, data, pairs, plugin, phase)

@@ -15,10 +15,10 @@ import re
 import threading
 import time
 from collections.abc import Collection, Iterator, Mapping
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from pygateway.ctx import Ctx
+from pygateway.pipeline import nginx_page
 
 if TYPE_CHECKING:
     from pygateway.plugin import PluginRegistry
@@ -346,9 +346,6 @@ def failed(plugin: str) -> tuple[int, dict[str, str]]:
     return 500, {"error_msg": f"failed to limit {plugin}"}
 
 
-_NGINX_REASONS = {503: "Service Temporarily Unavailable", 413: "Request Entity Too Large"}
-
-
 def rejection(
     conf: dict[str, Any], headers: list[tuple[str, str]] | None = None
 ) -> tuple[int, Any, list[tuple[str, str]]]:
@@ -358,12 +355,5 @@ def rejection(
     msg = conf.get("rejected_msg")
     if msg:
         return code, {"error_msg": msg}, list(headers or [])
-    reason = _NGINX_REASONS.get(code) or (
-        HTTPStatus(code).phrase if code in HTTPStatus._value2member_map_ else ""
-    )
-    line = f"{code} {reason}".rstrip()
-    page = (
-        f"<html>\r\n<head><title>{line}</title></head>\r\n<body>\r\n<center><h1>{line}"
-        "</h1></center>\r\n<hr><center>pygateway</center>\r\n</body>\r\n</html>\r\n"
-    )
+    page = nginx_page(code)
     return code, page, [*(headers or []), ("Content-Type", "text/html")]

@@ -89,6 +89,8 @@ class FaultInjection(Plugin):
                     headers[name] = resolve_var(value, ctx.var)
                 else:
                     headers[name] = header_value(value)
-            body = resolve_var(abort.get("body") or "", ctx.var)
+            # Without a body: nginx's page for the status (APISIX exit(code)).
+            text = abort.get("body")
+            body = resolve_var(text, ctx.var) if text is not None else None
             return abort["http_status"], body, headers
         return None

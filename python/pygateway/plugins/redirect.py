@@ -124,4 +124,4 @@ class Redirect(Plugin):
                 new_uri = uri_safe_encode(new_uri)
         if conf.get("append_query_string") and ctx.query:
             new_uri += ("&" if index >= 0 else "?") + ctx.query
-        return ret_code, "", {"Location": new_uri}
+        return ret_code, None, {"Location": new_uri}  # the body: nginx's page (APISIX)
