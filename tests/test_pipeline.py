@@ -743,7 +743,8 @@ def test_simple_ctx_request_and_vars() -> None:
     assert var["server_port"] == "9080"
     assert var["remote_addr"] == "10.0.0.1"
     assert var["scheme"] == "http"
-    assert var["arg_a"] == "1" and var["arg_c"] == "x y"
+    assert var["arg_a"] == "1" and var["arg_c"] == "x%20y"  # raw, as nginx
+    assert var["arg_A"] == "1"  # any case
     assert var["http_x_forwarded_for"] == "1.1.1.1"
     assert var["cookie_sid"] == "abc"
     assert var["route_id"] == "r1" and var["route_name"] == "users" and var["service_id"] == "s1"
@@ -774,7 +775,7 @@ def test_simple_ctx_records_upstream_changes() -> None:
     assert ch.set_headers == {"x-new": ("X-New", "n")}
     assert ch.removed_headers == {"x-old", "x-gone"}
     assert (ch.uri, ch.method, ch.query, ch.host) == ("/b", "PUT", "y=2+3", "up.example")
-    assert ctx.path == "/b" and ctx.var["uri"] == "/b" and ctx.var["arg_y"] == "2 3"
+    assert ctx.path == "/b" and ctx.var["uri"] == "/b" and ctx.var["arg_y"] == "2+3"  # raw
     assert ctx.upstream_headers() == [("X-Keep", "k"), ("X-New", "n")]
     assert ctx.var["http_x_new"] == "n"  # later plugins see the change
     ctx.query = "z=9"

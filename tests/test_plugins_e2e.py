@@ -535,3 +535,12 @@ def test_response_rewrite_adds_separate_header_lines(origin, engine):
         conn.close()
         cookies = [v for k, v in resp.getheaders() if k.lower() == "set-cookie"]
         assert cookies == ["a=1", "b=2"]
+
+
+def test_plugin_arg_vars_are_nginx_args(origin, engine):
+    """$arg_* in plugin vars is nginx's: any case, undecoded (as the router's vars)."""
+    abort = {"http_status": 403, "body": "stop", "vars": [[["arg_a", "==", "1"]]]}
+    routes = [route("/*", origin.addr, plugins={"fault-injection": {"abort": abort}})]
+    with Gateway(config={"routes": routes}, listen=["127.0.0.1:0"], workers=1, engine=engine) as gw:
+        assert request(gw.url, "/x?A=1").status == 403
+        assert request(gw.url, "/x?a=%31").status == 200

@@ -151,11 +151,23 @@ class Headers(MutableMapping[str, str]):
         return list(self._items)
 
 
+def _raw_arg(query: str | None, name: str) -> str | None:
+    """nginx's ``$arg_<name>``: the first value of ``name`` (any case) as sent, undecoded."""
+    if not query:
+        return None
+    for pair in query.split("&"):
+        key, _, value = pair.partition("=")
+        if key.lower() == name.lower():
+            return value
+    return None
+
+
 class Vars(Mapping[str, Any]):
     """APISIX variables of a :class:`SimpleCtx`, computed on access; missing → ``None``.
 
     ``uri``, ``request_uri``, ``host``, ``remote_addr``, ``server_port``, ``request_method``,
-    ``scheme``, ``args``/``query_string``, ``is_args``, ``arg_*``, ``http_*``, ``cookie_*``,
+    ``scheme``, ``args``/``query_string``, ``is_args``, ``arg_*`` (raw, any case: nginx's),
+    ``http_*``, ``cookie_*``,
     ``route_id``, ``route_name``, ``service_id``, ``consumer_name``, ``status`` (``"000"``
     before the response head), the matched path parameters by name; plus anything assigned
     with ``var[name] = value``.
@@ -211,7 +223,7 @@ class Vars(Mapping[str, Any]):
         if name == "status":  # nginx's $status: "000" until the response head is known
             return str(ctx.status) if ctx.status_known else "000"
         if name.startswith("arg_"):
-            return ctx.args.get(name[4:])
+            return _raw_arg(ctx.query, name[4:])
         if name.startswith("http_"):
             return ctx.headers.get(name[5:].replace("_", "-"))
         if name.startswith("cookie_"):
