@@ -220,11 +220,20 @@ def test_list_paging_and_filters(admin: Admin) -> None:
     assert page["list"][0]["value"]["id"] == "r20"  # by createdIndex
     r = admin.get("/routes?page=1&page_size=5")
     assert r.status == 400 and error(r) == "page_size must be between 10 and 500"
-    assert admin.get("/routes?page_size=501").status == 400
+    assert admin.get("/routes?page=1&page_size=501").status == 400
+    # APISIX pages only when both are given: page_size alone lists everything
+    assert admin.get("/routes?page_size=5").json()["total"] == 25
+    assert len(admin.get("/routes?page_size=10").json()["list"]) == 25
     assert admin.get("/routes?name=route-1").json()["total"] == 11  # a regex: 1, 10..19
     assert admin.get("/routes?label=team").json()["total"] == 5
     assert admin.get("/routes?uri=/p2").json()["total"] == 6  # /p2, /p20../p24
     assert admin.get("/upstreams").json() == {"total": 0, "list": []}
+    admin.put("/services/s1", {"upstream": UPSTREAM})
+    admin.put("/routes/with-service", {"uri": "/s", "service_id": "s1"})
+    only = admin.get("/routes?filter=service_id%3Ds1").json()
+    assert [e["value"]["id"] for e in only["list"]] == ["with-service"]
+    assert admin.get("/routes?filter=service_id%3Dnope").json()["total"] == 0
+    assert admin.get("/routes?filter=name%3Dx").json()["total"] == 26  # not a filter field
 
 
 # -- the other resources ---------------------------------------------------------------------
@@ -266,6 +275,8 @@ def test_consumers_put_on_the_collection_and_credentials(admin: Admin) -> None:
     assert r.json()["key"] == "/apisix/consumers/jack/credentials/c1"
     got = admin.get("/consumers/jack/credentials")
     assert got.json()["total"] == 1
+    # none: 404, as APISIX (credentials have no directory of their own in etcd)
+    assert admin.get("/consumers/nobody/credentials").status == 404
     assert admin.get("/consumers/jack/credentials/c1").status == 200
     assert admin.get("/consumers").json()["total"] == 1  # credentials are not consumers
     r = admin.put("/consumers/jack/credentials/c2", {"plugins": {"request-id": {}}})

@@ -12,7 +12,8 @@ import copy
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -255,13 +256,17 @@ class AdminApi:
             return NOT_FOUND if entry is None else (200, self._envelope(entry))
         prefix = self._collection(kind, owner)
         entries = [e for e in self.store.items(prefix) if "/" not in e.key[len(prefix) :]]
-        listed = [self._envelope(e) for e in entries if _matches(e.value, args)]
-        page_size_arg = args.get("page_size")
-        if page_size_arg is not None and _number(page_size_arg) is not None:
-            size = int(_number(page_size_arg) or 0)
+        if not entries and kind.name == "credentials":
+            return NOT_FOUND  # APISIX: credentials have no directory of their own in etcd
+        fields = FILTER_FIELDS.get(kind.name, ())
+        listed = [self._envelope(e) for e in entries if _matches(e.value, args, fields)]
+        page_size = _number(args.get("page_size", ""))
+        page_arg = _number(args.get("page", ""))
+        if page_size is not None and page_arg is not None:  # APISIX pages only with both
+            size = int(page_size)
             if not 10 <= size <= 500:
                 return _error(400, "page_size must be between 10 and 500")
-            page = max(1, int(_number(args.get("page", "1")) or 1))
+            page = max(1, int(page_arg))
             listed.sort(key=lambda e: e["createdIndex"])
             total = len(listed)
             listed = listed[(page - 1) * size : page * size]
@@ -591,8 +596,18 @@ def _search(pattern: str, text: Any) -> bool:
         return pattern in text
 
 
-def _matches(value: dict[str, Any], args: Mapping[str, str]) -> bool:
-    """APISIX's list filters: ``name`` and ``uri`` are regexes, ``label`` a label key."""
+FILTER_FIELDS = {"routes": ("service_id", "upstream_id")}
+"""What ``?filter=`` may test, per resource (APISIX ``list_filter_fields``)."""
+
+
+def _matches(value: dict[str, Any], args: Mapping[str, str], fields: Sequence[str] = ()) -> bool:
+    """APISIX's list filters: ``name`` and ``uri`` are regexes, ``label`` a label key, and
+    ``filter`` (``service_id=1&upstream_id=2``, URL-encoded) tests the resource's fields."""
+    wanted = args.get("filter")
+    if wanted:
+        for key, values in urllib.parse.parse_qs(wanted, keep_blank_values=True).items():
+            if key in fields and value.get(key) != values[-1]:
+                return False
     name = args.get("name")
     if name is not None and not _search(name, value.get("name")):
         return False
