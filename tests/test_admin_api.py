@@ -254,6 +254,9 @@ def test_services_upstreams_plugin_configs_global_rules_consumer_groups(admin: A
     assert r.status == 405
     r = admin.put("/global_rules/g2", {"plugins": {"key-auth": {"header": 1}}})
     assert r.status == 400
+    r = admin.put("/global_rules/g2", pc)  # APISIX 3.15+: a plugin in one global rule only
+    assert error(r) == "plugin 'request-id' already exists in global rule with id 'g1'"
+    assert admin.put("/global_rules/g1", pc).status == 200  # itself is no conflict
     r = admin.put("/upstreams/u2", {"nodes": {"127.0.0.1:1": 1}, "type": "nope"})
     assert r.status == 400 and "type" in error(r)
 

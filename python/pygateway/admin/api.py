@@ -302,6 +302,23 @@ class AdminApi:
                 )
         if kind.name in ("consumers", "credentials"):
             return self._duplicate_keys(key, conf)
+        if kind.name == "global_rules":
+            return self._global_conflict(key, conf)
+        return None
+
+    def _global_conflict(self, own: str, conf: dict[str, Any]) -> Reply | None:
+        """APISIX 3.15+: a plugin may be in one global rule only."""
+        plugins = conf.get("plugins") or {}
+        for entry in self.store.items("global_rules/"):
+            if entry.key == own:
+                continue
+            theirs = entry.value.get("plugins") or {}
+            for name in plugins:
+                if name in theirs:
+                    holder = entry.value.get("id", entry.key.split("/", 1)[1])
+                    return _error(
+                        400, f"plugin '{name}' already exists in global rule with id '{holder}'"
+                    )
         return None
 
     def _duplicate_keys(self, own: str, conf: dict[str, Any]) -> Reply | None:
