@@ -104,26 +104,27 @@ def _merge(old: Any, patch: Any) -> Any:
 
 
 def _set_path(conf: dict[str, Any], path: list[str], value: Any) -> str | None:
-    """Replace the attribute at ``path`` (``upstream/nodes``); an error text if impossible."""
+    """Replace the attribute at ``path`` (``upstream/nodes``), making missing levels (APISIX
+    ``core.table.patch``); an error text if a level is not an object. A numeric part also
+    indexes an array (1-based)."""
     node: Any = conf
-    for i, part in enumerate(path):
-        last = i == len(path) - 1
+    for i, part in enumerate(path[:-1]):
         if isinstance(node, list) and part.isdigit() and 0 < int(part) <= len(node):
-            if last:
-                node[int(part) - 1] = value
-                return None
             node = node[int(part) - 1]
-            continue
-        if not isinstance(node, dict) or (not last and part not in node):
-            return f"invalid sub path {'/'.join(path)}"
-        if last:
-            if value is None:
-                node.pop(part, None)
-            else:
-                node[part] = value
-            return None
-        node = node[part]
-    return "missing sub path"
+        elif isinstance(node, dict):
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+        if not isinstance(node, (dict, list)):
+            return f"invalid sub-path: /{'/'.join(path[: i + 1])}"
+    last = path[-1]
+    if isinstance(node, list) and last.isdigit() and 0 < int(last) <= len(node):
+        node[int(last) - 1] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        return f"invalid sub-path: /{'/'.join(path)}"
+    return None
 
 
 class AdminApi:
@@ -473,7 +474,7 @@ class AdminApi:
         if ident is None:
             return _error(400, f"missing {kind.kind} id")
         sub = [s for s in sub if s]
-        if body is None and not sub:
+        if body is None:
             return _error(400, "missing new configuration")
         if not sub and not isinstance(body, dict):
             return _error(400, "invalid configuration")
