@@ -338,13 +338,25 @@ def test_plugins_schema_and_validate(admin: Admin) -> None:
     assert admin.get("/schema/routes").status == 200
     assert admin.get("/schema/plugins/key-auth").json()["type"] == "object"
     ok = admin.post("/schema/validate/routes", ROUTE)
-    assert ok.status == 200
-    bad = admin.post("/schema/validate/routes", {"uri": 1})
-    assert bad.status == 400 and "uri" in error(bad)
+    assert ok.status == 200 and ok.body == b""
+    bad = admin.post("/schema/validate/routes", {"uri": 1, "upstream": UPSTREAM})
+    assert bad.status == 400
+    assert error(bad) == 'property "uri" validation failed: wrong type: expected string, got number'
+    assert error(admin.post("/schema/validate/nope", ROUTE)) == "Unsupported resource type: nope"
     good = admin.post("/configs/validate", {"routes": [ROUTE]})
     assert good.status == 200
     bad = admin.post("/configs/validate", {"routes": [{"uri": 1}]})
     assert bad.status == 400 and bad.json()["errors"][0]["resource_type"] == "routes"
+    dup = {"routes": [{**ROUTE, "id": "r1"}, {**ROUTE, "id": "ok"}, {**ROUTE, "id": "r1"}]}
+    errors = admin.post("/configs/validate", dup).json()["errors"]
+    assert errors == [
+        {
+            "resource_type": "routes",
+            "resource_id": "r1",
+            "index": 2,
+            "error": "found duplicate id r1 in routes",
+        }
+    ]
 
 
 def test_plugins_reload(admin_gateway: Any) -> None:

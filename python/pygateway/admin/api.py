@@ -22,9 +22,10 @@ from ..config.errors import ConfigError
 from ..config.resources import CHECKERS
 from ..config.schema import SCHEMAS
 from ..config.standalone import REFERENCES, UNSUPPORTED, item_id
+from ..config.validator import SchemaError, validate
 from ..plugin import PluginRegistry
 from ..store.base import Entry, Store, StoreError, StoreUnavailable
-from .configs import TIME_FIELDS, Answer, configs, error_answer
+from .configs import TIME_FIELDS, Answer, configs, duplicate_text, error_answer
 
 __all__ = ["AdminApi", "Reply"]
 
@@ -560,16 +561,15 @@ class AdminApi:
 
     def _schema(self, method: str, rest: list[str], body: Any) -> Reply:
         if method == "POST" and len(rest) == 2 and rest[0] == "validate":
+            # APISIX checks the resource's JSON schema only, and answers its bare message.
             resource = SCHEMA_NAMES.get(rest[1], rest[1])
-            if resource not in CHECKERS:
-                return _error(400, f"invalid resource type: {rest[1]}")
-            if body is None:
-                return _error(400, "missing configurations")
-            conf = copy.deepcopy(body)
-            for problem in CHECKERS[resource](conf, self.catalog):
-                if not problem.warning:
-                    return _error(400, problem.message)
-            return 200, {}
+            if resource not in SCHEMAS:
+                return _error(404, f"Unsupported resource type: {rest[1]}")
+            try:
+                validate(SCHEMAS[resource], copy.deepcopy(body))
+            except SchemaError as err:
+                return _error(400, err.message)
+            return 200, ""
         if method != "GET" or not rest:
             return _error(404, "not found")
         if rest[0] == "plugins" and len(rest) == 2:
@@ -585,8 +585,15 @@ class AdminApi:
         try:
             build_config(body, source="<request>", catalog=self.catalog)
         except ConfigError as err:
+            # APISIX's items: resource_type, resource_id, 0-based index, error.
             errors = [
-                {"resource_type": e.resource, "id": e.id, "error": e.message} for e in err.errors
+                {
+                    "resource_type": e.resource,
+                    "resource_id": e.id or "",
+                    "index": (e.position or 1) - 1,
+                    "error": duplicate_text(e) or e.message,
+                }
+                for e in err.errors
             ]
             return 400, {"error_msg": "Configuration validation failed", "errors": errors}
         return 200, {}

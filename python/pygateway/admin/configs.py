@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from ..config import ConfigError, PluginCatalog, build_config
+from ..config import ConfigError, ConfigIssue, PluginCatalog, build_config
 from ..config.standalone import RESOURCES, UNSUPPORTED, item_id
 from ..store.base import Store
 from ..store.build import parse_key
@@ -180,9 +180,9 @@ def _replace(
         config = build_config(effective, source="<request>", catalog=catalog)
     except ConfigError as err:
         first = err.errors[0]
-        if first.path in ("id", "username") and first.message.startswith("duplicate "):
-            what = "username" if first.resource == "consumers" else "id"
-            return error_answer(400, f"found duplicate {what} {first.id} in {first.resource}")
+        duplicate = duplicate_text(first)
+        if duplicate is not None:
+            return error_answer(400, duplicate)
         return error_answer(400, _located(first.resource, first.id, first.message, effective))
 
     puts: list[tuple[str, dict[str, Any]]] = []
@@ -200,6 +200,14 @@ def _replace(
     puts.append((META_KEY, new_meta))
     store.replace(puts, deletes)
     return Answer(202)
+
+
+def duplicate_text(issue: ConfigIssue) -> str | None:
+    """APISIX's words for a duplicate id (``found duplicate id r1 in routes``), or None."""
+    if issue.path in ("id", "username") and issue.message.startswith("duplicate "):
+        what = "username" if issue.resource == "consumers" else "id"
+        return f"found duplicate {what} {issue.id} in {issue.resource}"
+    return None
 
 
 def _located(resource: str, ident: str | None, message: str, data: Mapping[str, Any]) -> str:

@@ -17,7 +17,8 @@ class ConfigIssue:
     * ``path``: the field, ``upstream.nodes[0].port`` (``""`` = the item itself);
     * ``message``: the full APISIX wording, as the Admin API would put in ``error_msg``;
     * ``detail``: the same message relative to ``path`` (what ``str()`` shows);
-    * ``source``, ``line``, ``column``: where, when known (1-based).
+    * ``source``, ``line``, ``column``, ``position`` (of the item in its list): where, when
+      known (1-based).
 
     ``str(issue)`` is ``<resource>[id=<id>] <path>: <detail>``, e.g.
     ``routes[id=1] upstream.timeout.connect: expected 0 to be greater than 0``, prefixed
@@ -32,6 +33,8 @@ class ConfigIssue:
     source: str | None = None
     line: int | None = None
     column: int | None = None
+    position: int | None = None
+    """1-based place of the item in its resource list, when known."""
 
     def __str__(self) -> str:
         where = ""

@@ -300,7 +300,9 @@ def build_config(
         resource: str, ident: str | None, path: str, message: str, detail: str, index: int
     ) -> ConfigIssue:
         line, column = where.get((resource, index), (None, None))
-        return ConfigIssue(resource, ident, path, message, detail or message, source, line, column)
+        return ConfigIssue(
+            resource, ident, path, message, detail or message, source, line, column, index or None
+        )
 
     def issue(
         resource: str,
