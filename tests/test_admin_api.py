@@ -76,7 +76,9 @@ def test_put_id_rules(admin: Admin) -> None:
 
 def test_time_fields_are_refused_from_clients(admin: Admin) -> None:
     r = admin.put("/routes/1", {**ROUTE, "create_time": 1})
-    assert r.status == 400 and error(r) == "the property is forbidden: create_time"
+    assert r.status == 400 and error(r) == "the property is forbidden:  create_time"  # sic
+    r = admin.put("/routes/1", {**ROUTE, "upstream": {**UPSTREAM, "update_time": 1}})
+    assert error(r) == "the property is forbidden:  upstream.update_time"
 
 
 def test_validation_errors_use_apisix_wording(admin: Admin) -> None:
@@ -320,7 +322,7 @@ def test_plugin_metadata(admin: Admin) -> None:
     assert r.json()["value"] == {"id": "limit-count", "limit_header": "X-Q"}  # no time stamps
     r = admin.put("/plugin_metadata/no-such-plugin", {})
     assert r.status == 400 and error(r) == "invalid plugin name"
-    assert error(admin.put("/plugin_metadata", {})) == "missing plugin_metadata id"
+    assert error(admin.put("/plugin_metadata", {})) == "missing plugin name"
 
 
 def test_plugins_schema_and_validate(admin: Admin) -> None:
@@ -334,6 +336,11 @@ def test_plugins_schema_and_validate(admin: Admin) -> None:
     everything = admin.get("/plugins?all=true").json()
     assert everything["key-auth"]["type"] == "auth" and "priority" in everything["key-auth"]
     assert admin.get("/plugins/nope").status == 404
+    r = admin.get("/schema/nope")
+    assert r.status == 400 and error(r) == "not found schema: nope"
+    r = admin.get("/plugins/list?subsystem=foo")
+    assert r.status == 400 and r.body == b"invalid subsystem passed"
+    assert error(admin.delete("/consumers")) == "missing consumer id"
     assert admin.get("/schema/route").json()["type"] == "object"
     assert admin.get("/schema/routes").status == 200
     assert admin.get("/schema/plugins/key-auth").json()["type"] == "object"

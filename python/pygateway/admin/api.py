@@ -285,9 +285,13 @@ class AdminApi:
         if not isinstance(conf, dict):
             return None  # callers refuse non-objects before
         if not allow_time:
-            for name in TIME_FIELDS:
-                if name in conf:
-                    return _error(400, f"the property is forbidden: {name}")
+            # APISIX's text has two spaces; it also looks in upstream and plugins.
+            parts = [("", conf), *((f"{k}.", conf.get(k)) for k in ("upstream", "plugins"))]
+            for where, part in parts:
+                if isinstance(part, dict):
+                    for name in TIME_FIELDS:
+                        if part.get(name) not in (None, False):
+                            return _error(400, f"the property is forbidden:  {where}{name}")
         self._warned = False
         self._checked = checked = copy.deepcopy(conf)
         for problem in CHECKERS[kind.name](checked, self.catalog):
@@ -400,7 +404,8 @@ class AdminApi:
             if ident is None and kind.name != "plugin_metadata":
                 ident = item_id(conf["id"]) if conf.get("id") is not None else None
             if ident is None:
-                return _error(400, f"missing {kind.kind} id")
+                what = "plugin name" if kind.name == "plugin_metadata" else f"{kind.kind} id"
+                return _error(400, f"missing {what}")
             if conf.get("id") is not None and item_id(conf["id"]) != ident:
                 return _error(400, f"wrong {kind.kind} id")
             if kind.name == "credentials":
@@ -442,8 +447,7 @@ class AdminApi:
         self, kind: Kind, owner: str | None, ident: str | None, args: Mapping[str, str]
     ) -> Reply:
         if ident is None:
-            name = "consumer name" if kind.name == "consumers" else f"{kind.kind} id"
-            return _error(400, f"missing {name}")
+            return _error(400, f"missing {kind.kind} id")
         key = self._key(kind, owner, ident)
         if self.store.get(key) is None:
             return NOT_FOUND
@@ -534,7 +538,10 @@ class AdminApi:
             return 200, "done"
         if method != "GET":
             return _error(404, "not found")
-        if args.get("subsystem") == "stream":
+        subsystem = args.get("subsystem", "http")
+        if subsystem not in ("http", "stream"):
+            return 400, "invalid subsystem passed"  # APISIX answers the bare text
+        if subsystem == "stream":
             return 200, [] if rest == ["list"] else {}
         if rest == ["list"]:
             # APISIX lists them by priority, highest first.
@@ -577,7 +584,7 @@ class AdminApi:
         resource = SCHEMA_NAMES.get(rest[0], rest[0])
         if resource in SCHEMAS:
             return 200, SCHEMAS[resource]
-        return self._plugin_schema(rest[0], "schema")
+        return _error(400, f"not found schema: {rest[0]}")
 
     def _validate_configs(self, body: Any) -> Reply:
         if body is None:
