@@ -544,3 +544,12 @@ def test_plugin_arg_vars_are_nginx_args(origin, engine):
     with Gateway(config={"routes": routes}, listen=["127.0.0.1:0"], workers=1, engine=engine) as gw:
         assert request(gw.url, "/x?A=1").status == 403
         assert request(gw.url, "/x?a=%31").status == 200
+
+
+def test_rewritten_host_leaves_x_forwarded_host_alone(origin, engine):
+    """proxy-rewrite host sets the upstream Host only: X-Forwarded-Host stays the client's."""
+    routes = [route("/*", origin.addr, plugins={"proxy-rewrite": {"host": "new.example.com"}})]
+    with Gateway(config={"routes": routes}, listen=["127.0.0.1:0"], workers=1, engine=engine) as gw:
+        sent = request(gw.url, "/x", headers={"Host": "client.test"}).json()["headers"]
+        assert sent["host"] == "new.example.com"
+        assert sent["x-forwarded-host"] == "client.test"

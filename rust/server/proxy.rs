@@ -99,14 +99,16 @@ pub async fn handle(
             }
             _ => None,
         };
+        let host_header = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         let fwd = Forward {
             client: view.client,
-            host_header: parts.headers.get(header::HOST).cloned().or_else(|| {
-                parts
-                    .uri
-                    .authority()
-                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            }),
+            forwarded_host: host_header.clone(),
+            host_header,
             route: m.payload,
         };
         (fwd, request, limits)
@@ -370,7 +372,10 @@ fn limited(resp: &mut Response<ResponseBody>, a: limit::Admitted) {
 
 struct Forward {
     client: std::net::IpAddr,
+    /// The Host for `pass_host: pass`: the client's, or what a plugin set (`ctx.host`).
     host_header: Option<HeaderValue>,
+    /// `X-Forwarded-Host`: the client's Host, whatever plugins do (APISIX).
+    forwarded_host: Option<HeaderValue>,
     route: Arc<RouteEntry>,
 }
 
@@ -783,7 +788,7 @@ fn prepare_upstream_head(parts: &mut Parts, fwd: &Forward, conn: &ConnInfo, stat
         );
     }
     if !keep(headers, "x-forwarded-host") {
-        match &fwd.host_header {
+        match &fwd.forwarded_host {
             Some(h) => {
                 headers.insert(HeaderName::from_static("x-forwarded-host"), h.clone());
             }

@@ -310,6 +310,8 @@ class Forward:
     timeout: Timeouts | None
     client_host: str | None
     """The Host the client sent (or the plugins' ``ctx.host``); used by ``pass_host: pass``."""
+    forwarded_host: str | None = None
+    """``X-Forwarded-Host``: the client's Host, whatever plugins do (APISIX)."""
 
 
 _DROPPED = HOP_BY_HOP | {"proxy-authorization", "expect"}
@@ -339,7 +341,7 @@ def prepare_head(info: RequestInfo, fwd: Forward) -> list[tuple[str, str]]:
     if proto not in present:
         sets[proto] = "http"
     if host not in present:
-        sets[host] = fwd.client_host
+        sets[host] = fwd.forwarded_host
     if port not in present:
         sets[port] = str(info.local[1])
     return _with_set(kept, sets)
