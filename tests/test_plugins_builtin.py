@@ -840,6 +840,14 @@ class TestBasicAuth:
             assert body_json(resp) == {"message": "Invalid user authorization"}
             assert "wrong-pass" not in json.dumps(body_json(resp))
 
+    def test_padding_is_optional(self) -> None:
+        # nginx's decode_base64 accepts a value without its "=" padding
+        value = _basic("jack", "p@ss:word").rstrip("=")
+        assert not value.endswith("=") and len(value.split()[1]) % 4
+        ctx = make_ctx(headers={"Authorization": value}, consumers=CONSUMERS)
+        assert run(self.p.rewrite(conf_of(self.p, {}), ctx)) is None
+        assert ctx.consumer_name == "jack"
+
     def test_ok_and_hide(self) -> None:
         ctx = make_ctx(headers={"Authorization": _basic("jack", "p@ss:word")}, consumers=CONSUMERS)
         assert run(self.p.rewrite(conf_of(self.p, {"hide_credentials": True}), ctx)) is None

@@ -4,6 +4,8 @@ registry from loading it)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Callable, Mapping, MutableMapping
 from functools import lru_cache
@@ -157,6 +159,16 @@ def uri_safe_encode(uri: str) -> str:
     if not any(b in _URI_UNSAFE for b in raw):
         return uri
     return "".join(f"%{b:02X}" if b in _URI_UNSAFE else chr(b) for b in raw)
+
+
+def decode_base64(text: str) -> bytes | None:
+    """nginx's ``decode_base64``: standard alphabet, the ``=`` padding optional; None when
+    the text is not base64."""
+    text = text.strip()
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 def header_value(value: Any) -> str:

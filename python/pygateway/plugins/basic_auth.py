@@ -7,8 +7,6 @@ pygateway splits the decoded credentials at the first ``:`` (a password may cont
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
 import re
 from typing import Any, ClassVar
@@ -19,6 +17,7 @@ from pygateway.plugin import Plugin, Response
 from ._util import (
     ANONYMOUS_CONSUMER_SCHEMA,
     attach_consumer,
+    decode_base64,
     find_consumer,
     get_consumer,
     realm_schema,
@@ -33,9 +32,12 @@ def parse_basic(authorization: str) -> tuple[str, str] | None:
     m = _BASIC_RE.search(authorization)
     if m is None:
         return None
+    raw = decode_base64(m.group(1))
+    if raw is None:
+        return None
     try:
-        decoded = base64.b64decode(m.group(1).strip(), validate=True).decode("utf-8")
-    except (binascii.Error, ValueError):
+        decoded = raw.decode("utf-8")
+    except ValueError:
         return None
     username, sep, password = decoded.partition(":")
     if not sep:

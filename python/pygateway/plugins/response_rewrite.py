@@ -7,8 +7,6 @@ regex substitutions at the end of the stream; ``body`` replaces the body.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from typing import Any, ClassVar
 
@@ -16,7 +14,7 @@ from pygateway.config import expr
 from pygateway.ctx import Ctx
 from pygateway.plugin import Plugin
 
-from ._util import add_value, compile_pcre, header_value, ngx_sub, resolve_var
+from ._util import add_value, compile_pcre, decode_base64, header_value, ngx_sub, resolve_var
 
 _SCALAR: list[dict[str, Any]] = [{"type": "string"}, {"type": "number"}]
 _ADD_LINE_RE = re.compile(r"^([^:\s]+)\s*:\s*([^:]+)$")
@@ -27,13 +25,6 @@ _STATE_SENT = "response-rewrite.sent"
 
 def _is_new_headers_conf(headers: dict[str, Any]) -> bool:
     return any(isinstance(headers.get(k), (dict, list)) for k in ("add", "set", "remove"))
-
-
-def _decode_base64(text: str) -> bytes | None:
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        return None
 
 
 class ResponseRewrite(Plugin):
@@ -138,7 +129,7 @@ class ResponseRewrite(Plugin):
                     return "invalid field length in header"
         if conf.get("body_base64"):
             body = conf.get("body")
-            if not body or _decode_base64(body) is None:
+            if not body or decode_base64(body) is None:
                 return "invalid base64 content"
         if "vars" in conf:
             err = expr.vars_error(conf["vars"])
@@ -216,6 +207,6 @@ class ResponseRewrite(Plugin):
                 return b""
             ctx.state[_STATE_SENT] = True
             if conf.get("body_base64"):
-                return _decode_base64(str(body)) or b""
+                return decode_base64(str(body)) or b""
             return str(body).encode("utf-8")
         return None
