@@ -330,6 +330,22 @@ class TestResponseRewrite:
         run(self.p.header_filter(conf, ctx))
         assert _body_through(self.p, conf, ctx, [b"orig"]) == b"gone"
 
+    def test_filters_read_a_gzip_body_decoded(self) -> None:
+        import gzip
+
+        conf = conf_of(self.p, {"filters": [{"regex": "hello", "replace": "test"}]})
+        ctx = make_ctx(response_headers={"Content-Encoding": "gzip", "Content-Length": "9"})
+        run(self.p.header_filter(conf, ctx))
+        assert "Content-Encoding" not in ctx.response_headers  # it goes out plain
+        packed = gzip.compress(b"hello world")
+        out = _body_through(self.p, conf, ctx, [packed[:5], packed[5:]])
+        assert out == b"test world"
+        # a coding the filters cannot read goes out as it came, header kept
+        ctx = make_ctx(response_headers={"Content-Encoding": "br"})
+        run(self.p.header_filter(conf, ctx))
+        assert ctx.response_headers["Content-Encoding"] == "br"
+        assert _body_through(self.p, conf, ctx, [b"\x1b\x0bhello"]) == b"\x1b\x0bhello"
+
     def test_filters_once_and_global(self) -> None:
         conf = conf_of(
             self.p,

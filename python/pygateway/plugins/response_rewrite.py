@@ -8,6 +8,7 @@ regex substitutions at the end of the stream; ``body`` replaces the body.
 from __future__ import annotations
 
 import re
+import zlib
 from typing import Any, ClassVar
 
 from pygateway.config import expr
@@ -21,6 +22,7 @@ _ADD_LINE_RE = re.compile(r"^([^:\s]+)\s*:\s*([^:]+)$")
 _STATE_MATCHED = "response-rewrite.matched"
 _STATE_BUF = "response-rewrite.buffer"
 _STATE_SENT = "response-rewrite.sent"
+_STATE_ENCODING = "response-rewrite.encoding"
 
 
 def _is_new_headers_conf(headers: dict[str, Any]) -> bool:
@@ -155,7 +157,14 @@ class ResponseRewrite(Plugin):
 
         resp = ctx.response_headers
         if conf.get("filters") or conf.get("body") is not None:
+            # The filters see the body decoded (APISIX content-decode): gzip goes out plain;
+            # another coding (which they cannot read) goes out as it came.
+            encoding = resp.get("Content-Encoding")
+            ctx.state[_STATE_ENCODING] = encoding
+            keep = conf.get("body") is None and encoding and encoding.strip().lower() != "gzip"
             for name in ("Content-Length", "Content-Encoding", "Last-Modified", "ETag"):
+                if keep and name == "Content-Encoding":
+                    continue
                 if name in resp:
                     del resp[name]
 
@@ -190,7 +199,22 @@ class ResponseRewrite(Plugin):
                 buf += chunk[:room]
             if not eof:
                 return b""
-            text = bytes(buf).decode("utf-8", "surrogateescape")
+            encoding = ctx.state.get(_STATE_ENCODING)
+            raw = bytes(buf)
+            if encoding:
+                if encoding.strip().lower() != "gzip":
+                    ctx.log.error(
+                        "filters may not work as expected due to unsupported compression "
+                        "encoding type: %s",
+                        encoding,
+                    )
+                    return raw
+                try:
+                    raw = zlib.decompress(raw, 16 + zlib.MAX_WBITS)
+                except zlib.error as err:
+                    ctx.log.error("filters may not work as expected: inflate gzip err: %s", err)
+                    return bytes(buf)
+            text = raw.decode("utf-8", "surrogateescape")
             for flt in filters:
                 count = 1 if flt.get("scope", "once") == "once" else 0
                 try:
