@@ -832,3 +832,27 @@ def test_headers_mapping() -> None:
     with pytest.raises(KeyError):
         del h["a"]
     assert 1 not in h
+
+
+@pytest.mark.parametrize("stop", [None, "access", "before_proxy"])
+@pytest.mark.parametrize("stage", [0, 1, 2])
+def test_flat_run_matches_the_phase_by_phase_run(stop: str | None, stage: int) -> None:
+    """The runner's hot path (Execution.run_flat) runs, traces and answers as run_phases."""
+    high = recorder("high", 2000, "access")
+    low = recorder("low", 10, "access", "before_proxy")
+    reg = make_registry(high, low)
+    route = {"high": {}, "low": {"stop": stop} if stop else {}}
+    phases = {0: ("access", "before_proxy"), 1: ("access",), 2: ("access", "before_proxy")}
+    results = []
+    for flat in (True, False):
+        run = Pipeline(reg).start(SimpleCtx(), route)
+        run.stage = stage
+        pairs = run.plan.flat_request_steps(stage)
+        assert pairs is not None
+        resp = run.run_flat(pairs) if flat else run.run_phases(phases[stage])
+        results.append((calls(run.ctx), run.trace, resp and (resp.status, resp.body)))
+    assert results[0] == results[1]
+    # rewrite steps (the consumer's plugins join after them) take the general path
+    auth = make_registry(recorder("auth", 2500, "rewrite"), low)
+    plan = Pipeline(auth).start(SimpleCtx(), {"auth": {}, "low": {}}).plan
+    assert plan.flat_request_steps(0) is None

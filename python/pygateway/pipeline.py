@@ -207,6 +207,7 @@ class Plan:
     _async: dict[str, bool] = field(default_factory=dict, repr=False)
     _all: dict[str, tuple[Step, ...]] = field(default_factory=dict, repr=False)
     _split: dict[int, tuple[tuple[Step, ...], bool]] = field(default_factory=dict, repr=False)
+    _flat: dict[int, tuple[tuple[str, Step], ...] | None] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(
@@ -237,6 +238,27 @@ class Plan:
 
     def names(self) -> list[str]:
         return [s.name for s in self.global_steps] + [s.name for s in self.route_steps]
+
+    def flat_request_steps(self, stage: int) -> tuple[tuple[str, Step], ...] | None:
+        """The request phases' steps of ``stage`` (see :attr:`Execution.stage`) as one
+        sequence of (phase, step), for :meth:`Execution.run_flat`; None when the plan needs
+        the general path: a ``rewrite`` step (the consumer's plugins join after it), an
+        async method or a ``_meta.filter``."""
+        if stage in self._flat:
+            return self._flat[stage]
+        flat: tuple[tuple[str, Step], ...] | None = None
+        if not self.steps("rewrite"):
+            phases: list[tuple[str, tuple[Step, ...]]] = []
+            if stage in (0, 2):
+                access = self.steps("access") if stage == 0 else self.access_split(2)[0]
+                phases = [("access", access), ("before_proxy", self.steps("before_proxy"))]
+            else:
+                phases = [("access", self.access_split(1)[0])]
+            pairs = tuple((ph, st) for ph, steps in phases for st in steps)
+            if all(not st.methods[ph][1] and st.filter is _NO_FILTER for ph, st in pairs):
+                flat = pairs
+        self._flat[stage] = flat
+        return flat
 
     def access_split(self, stage: int) -> tuple[tuple[Step, ...], bool]:
         """The access steps of ``stage`` (1: above the native limiters' priority, 2: below),
@@ -476,6 +498,9 @@ run before them, lower ones (and ``before_proxy``) after, in a second crossing."
 class Execution:
     """The plugin run of one request: phases in order, the debug trace, the response."""
 
+    # One per request: slots make it cheaper to create and to read.
+    __slots__ = ("consumer_merged", "ctx", "pipeline", "plan", "response", "stage", "trace")
+
     def __init__(self, pipeline: Pipeline, ctx: Ctx, plan: Plan) -> None:
         self.pipeline = pipeline
         self.ctx = ctx
@@ -642,6 +667,28 @@ class Execution:
         if resp is not None:
             self.response = resp
         return resp
+
+    def run_flat(self, pairs: tuple[tuple[str, Step], ...]) -> PluginResponse | None:
+        """The request phases of a plan without rewrite, async or filtered steps, given as
+        :meth:`Plan.flat_request_steps`: what :meth:`run_phases` does for them, in one loop
+        (the hot path of a sync plugin)."""
+        ctx, trace = self.ctx, self.trace
+        for phase, step in pairs:
+            ctx.plugin_name = step.name
+            ctx.plugin_global = step.global_rule
+            ctx.log = step.logger
+            trace.append((step.name, phase))
+            try:
+                value = step.methods[phase][0](step.conf, ctx)
+            except Exception as err:
+                self.response = self._failure(step, phase, err)
+                return self.response
+            if value is not None:
+                resp = self._result(step, phase, value)
+                if resp is not None:
+                    self.response = resp
+                    return resp
+        return None
 
     def run_phases(self, phases: Iterable[str] = REQUEST_PHASES) -> PluginResponse | None:
         """Run phases in order, stopping at the first response."""

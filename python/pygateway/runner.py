@@ -343,7 +343,12 @@ class PluginRunner:
                 done = lambda resp: self._reply_early(job, run, resp)  # noqa: E731
                 self._spawn(job, run.run_phases_async(phases), done)
             else:
-                self._reply_early(job, run, run.run_phases(phases))
+                flat = run.plan.flat_request_steps(run.stage)
+                resp = run.run_flat(flat) if flat is not None else run.run_phases(phases)
+                if run.stage == 1 or resp is not None:
+                    self._reply_early(job, run, resp)
+                else:
+                    self._reply(job, run, None)
         elif phase == "request_late":
             entry = self._late.pop(job.request_id, None)
             if job.cancelled:
@@ -363,7 +368,11 @@ class PluginRunner:
                 done = lambda resp: self._reply(job, run, resp)  # noqa: E731
                 self._spawn(job, run.run_phases_async(("access", "before_proxy")), done)
             else:
-                self._reply(job, run, run.run_phases(("access", "before_proxy")))
+                flat = run.plan.flat_request_steps(2)
+                if flat is not None:
+                    self._reply(job, run, run.run_flat(flat))
+                else:
+                    self._reply(job, run, run.run_phases(("access", "before_proxy")))
         elif phase == "header_filter":
             self._response_phase(job, self._run_of(job), "header_filter", self._send_head)
         elif phase == "body_filter":
