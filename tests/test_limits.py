@@ -213,6 +213,17 @@ def test_amounts_from_variables_with_defaults(gateway: Make, origin: Origin) -> 
     assert request(gw.url, "/a", headers={"Window": "1.5"}).status == 500
 
 
+def test_combination_keys_and_amounts_are_the_same_templates(gateway: Make, origin: Origin) -> None:
+    """Both engines read ``${var ?? default}`` in keys and amounts alike; an empty variable
+    takes the default."""
+    key = {"key_type": "var_combination", "key": "${http_x_user ?? anon}"}
+    plugins = {"limit-count": {"count": "${http_x_quota ?? 1}", "time_window": 60, **key}}
+    gw = gateway({"routes": [route("/a", origin.addr, plugins=plugins)]})
+    assert statuses(gw, "/a", 2, headers={"X-Quota": ""}) == [200, 503]
+    assert request(gw.url, "/a", headers={"X-User": "anon"}).status == 503, "the default key"
+    assert request(gw.url, "/a", headers={"X-User": "u"}).status == 200
+
+
 def test_window_resets(gateway: Make, origin: Origin) -> None:
     gw = gateway({"routes": [route("/a", origin.addr, plugins=lc(count=1, time_window=1))]})
     assert statuses(gw, "/a", 2) == [200, 503]

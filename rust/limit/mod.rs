@@ -180,7 +180,8 @@ fn parse_combination(s: &str) -> Vec<Piece> {
             None => Piece::Var(name.to_owned(), None),
         };
         pieces.push(piece);
-        for _ in 0..used {
+        // `used` counts bytes after the `$`: skip the characters that lie within them.
+        while chars.peek().is_some_and(|(j, _)| *j <= i + used) {
             chars.next();
         }
     }
@@ -206,13 +207,12 @@ impl Amount {
                 .filter(|x| *x > 0.0)
                 .map(Amount::Fixed)
                 .ok_or_else(|| format!("{field} must be greater than 0")),
-            Value::String(s) if s.contains('$') => Ok(Amount::Template(parse_combination(s))),
-            Value::String(s) => s
-                .parse::<f64>()
-                .ok()
-                .filter(|x| *x > 0.0)
-                .map(Amount::Fixed)
-                .ok_or_else(|| format!("{field} must be a positive number or a $variable")),
+            // Text without variables is resolved like a template too (APISIX): "10" counts,
+            // "1.5" fails each request, as in the python engine.
+            Value::String(s) => Ok(match s.trim().parse::<f64>() {
+                Ok(x) if x > 0.0 && x.fract() == 0.0 => Amount::Fixed(x),
+                _ => Amount::Template(parse_combination(s)),
+            }),
             _ => Err(format!("{field} must be a number or a string")),
         }
     }
@@ -1240,6 +1240,26 @@ mod tests {
         // Not a positive integer once resolved: the request fails.
         let bad = vars(&[("remote_addr", "4.4.4.4"), ("http_window", "1.5")]);
         assert_eq!(run(&limits, &bad, &store).err().unwrap().status, 500);
+    }
+
+    #[test]
+    fn templates_keep_the_text_after_a_non_ascii_default() {
+        let pieces = parse_combination("${http_x ?? é}-t");
+        assert_eq!(
+            pieces,
+            vec![
+                Piece::Var("http_x".into(), Some("é".into())),
+                Piece::Text("-t".into())
+            ]
+        );
+        // a fixed amount that is not a positive integer fails each request (as APISIX)
+        let store = Arc::new(LocalStore::default());
+        let limits = one(
+            "limit-count",
+            json!({"count": "1.5", "time_window": 60, "key": "remote_addr"}),
+        );
+        let v = vars(&[("remote_addr", "1.1.1.1")]);
+        assert_eq!(run(&limits, &v, &store).err().unwrap().status, 500);
     }
 
     #[test]

@@ -9,6 +9,7 @@ follow APISIX's ``apisix/admin/*.lua`` (see ``docs/admin.md`` for the difference
 from __future__ import annotations
 
 import copy
+import math
 import re
 import threading
 import time
@@ -110,7 +111,9 @@ def _set_path(conf: dict[str, Any], path: list[str], value: Any) -> str | None:
     indexes an array (1-based)."""
     node: Any = conf
     for i, part in enumerate(path[:-1]):
-        if isinstance(node, list) and part.isdigit() and 0 < int(part) <= len(node):
+        if isinstance(node, list):
+            if not (part.isdigit() and 0 < int(part) <= len(node)):
+                return f"invalid sub-path: /{'/'.join(path[: i + 1])}"
             node = node[int(part) - 1]
         elif isinstance(node, dict):
             if node.get(part) is None:
@@ -290,7 +293,8 @@ class AdminApi:
             for where, part in parts:
                 if isinstance(part, dict):
                     for name in TIME_FIELDS:
-                        if part.get(name) not in (None, False):
+                        value = part.get(name)
+                        if value is not None and value is not False:  # Lua: 0 is true
                             return _error(400, f"the property is forbidden:  {where}{name}")
         self._warned = False
         self._checked = checked = copy.deepcopy(conf)
@@ -545,8 +549,8 @@ class AdminApi:
             return 200, [] if rest == ["list"] else {}
         if rest == ["list"]:
             # APISIX lists them by priority, highest first.
-            names = self._plugin_names()
-            return 200, sorted(names, key=lambda n: (-self.registry[n].priority, n))
+            found = [p for p in map(self.registry.get, self._plugin_names()) if p is not None]
+            return 200, [p.name for p in sorted(found, key=lambda p: (-p.priority, p.name))]
         if rest:
             return self._plugin_schema(rest[0], args.get("schema_type", "schema"))
         described: dict[str, Any] = {}
@@ -614,9 +618,10 @@ def _not_object(body: Any) -> Reply:
 
 def _number(text: str | None) -> float | None:
     try:
-        return float(text) if text is not None else None
+        value = float(text) if text is not None else None
     except ValueError:
         return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _search(pattern: str, text: Any) -> bool:

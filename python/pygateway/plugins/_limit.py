@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import threading
 import time
 from collections.abc import Collection, Iterator, Mapping
@@ -101,27 +100,13 @@ def check_policy(conf: dict[str, Any]) -> str | None:
     return None
 
 
-_VAR = re.compile(r"\$(?:\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))")
-
-
 def resolve_key(ctx: Ctx, key: str, key_type: str) -> str:
     """The key value (APISIX: an empty key falls back to the client address)."""
     value: str | None
     if key_type == "constant":
         value = key
     elif key_type == "var_combination":
-        resolved = 0
-
-        def repl(m: re.Match[str]) -> str:
-            nonlocal resolved
-            v = ctx.var.get(m.group(1) or m.group(2))
-            if v in (None, ""):
-                return ""
-            resolved += 1
-            return str(v)
-
-        text = _VAR.sub(repl, key)
-        value = text if resolved else None
+        value = resolve_rule_key(ctx, key)  # the same template rules as the native limiters
     else:
         v = ctx.var.get(key.lstrip("$"))
         value = None if v in (None, "") else str(v)
@@ -132,7 +117,7 @@ def resolve_amount(ctx: Ctx, value: Any) -> float | None:
     """``count: 10``, ``"$http_quota"`` or ``"${http_quota ?? 10}"`` (APISIX 3.16+); None when
     the resolved text is not a positive integer (the request then fails, as in APISIX)."""
     if isinstance(value, str):
-        text = resolve_var(value, ctx.var) if "$" in value else value
+        text = resolve_var(value, _Present(ctx.var)) if "$" in value else value
         try:
             number = float(text.strip())
         except ValueError:
@@ -142,8 +127,9 @@ def resolve_amount(ctx: Ctx, value: Any) -> float | None:
 
 
 def resolve_rule_key(ctx: Ctx, key: str) -> str | None:
-    """A ``rules[]`` key: a template (``"${http_user}"``); None when no variable of it
-    resolved (the rule does not apply to the request, as in APISIX)."""
+    """A ``rules[]`` or ``var_combination`` key: a template (``"${http_user}"``, ``"$a $b"``,
+    ``"${a ?? x}"``); None when no variable of it resolved (a rule then does not apply, as in
+    APISIX; another key falls back to the client address)."""
     resolved = 0
 
     def count(value: str) -> str:
