@@ -345,10 +345,7 @@ class PluginRunner:
             else:
                 flat = run.plan.flat_request_steps(run.stage)
                 resp = run.run_flat(flat) if flat is not None else run.run_phases(phases)
-                if run.stage == 1 or resp is not None:
-                    self._reply_early(job, run, resp)
-                else:
-                    self._reply(job, run, None)
+                self._reply_early(job, run, resp)
         elif phase == "request_late":
             entry = self._late.pop(job.request_id, None)
             if job.cancelled:

@@ -161,7 +161,6 @@ class AdminApi:
         # Of the write under way (writes are serialised by _write):
         self._warned = False  # its _check found warnings
         self._checked: dict[str, Any] | None = None  # what its _check validated
-        self._kind_written = ""
 
     # -- dispatch --------------------------------------------------------------------
 
@@ -200,7 +199,6 @@ class AdminApi:
             if method == "GET":
                 return self._get(kind, owner, ident, args)
             with self._write:
-                self._kind_written = kind.name
                 self._checked = None
                 if method == "PUT":
                     return self._put(kind, owner, ident, body)
@@ -357,8 +355,6 @@ class AdminApi:
         return None
 
     def _stamp(self, conf: dict[str, Any], previous: Entry | None) -> None:
-        if self._kind_written == "plugin_metadata":
-            return  # APISIX stamps no plugin_metadata
         now = int(self.clock())
         created = previous.value.get("create_time") if previous is not None else None
         conf["create_time"] = created if isinstance(created, int) else now
@@ -424,7 +420,8 @@ class AdminApi:
             if bad is not None:
                 return bad
         key = self._key(kind, owner, ident)
-        self._stamp(conf, self.store.get(key))
+        if kind.name != "plugin_metadata":  # APISIX stamps no plugin_metadata
+            self._stamp(conf, self.store.get(key))
         entry, created = self._store_put(key, conf)
         return self._written(entry, created)
 
