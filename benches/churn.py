@@ -5,9 +5,11 @@
 
 Starts the origin and the native gateway with the Admin API on (embedded store in the run's
 temporary folder, config seeded from benches/config/proxy.yaml through the Admin API), then
-loads the served route with wrk in interleaved rounds of five runs:
+loads the served route in interleaved rounds of six runs:
 
 - `steady`: no writes;
+- `cpu-1ms`: no writes; a separate process burns 1 ms of CPU every `--interval`: what any
+  burst of that size (about an Admin API write's CPU in the node) costs on these shared CPUs;
 - `client-only`: the same PUTs, every `--interval`, sent to the origin instead (nginx answers
   200): what the writing client itself costs on these shared CPUs, no change to the gateway;
 - `refused`: the same PUTs to the gateway's Admin API with a wrong key (answered 401, nothing
@@ -15,27 +17,37 @@ loads the served route with wrk in interleaved rounds of five runs:
 - `churn-other`: a side thread PUTs another route (a new `uri` each time) every `--interval`;
 - `churn-served`: it PUTs the served route itself with a changed field (`desc`).
 
-Reports each run's median req/s, p50, p99 and errors, the p99 ratio to `steady` (and to
-`client-only`) and the target: p99 within 20% of steady, zero errors (wrk's and the Admin
-API's). Raw rounds go to
-`benches/results/route-churn-<timestamp>.json`.
+Two loads, each in interleaved rounds of the six runs (`--loop`, default both):
+
+- closed loop: wrk at saturation (`-t1 -c50`), as bench.py: req/s, p50, p99;
+- open loop: `benches/openloop` at a fixed rate below the knee (`--rate`, or `--rate-fraction`
+  (0.25) of the steady closed-loop req/s), every request's latency counted from its due time:
+  p50, p99, p99.9. Latency at saturation moves with anything else the two CPUs run; at a fixed
+  rate it shows what a write does to requests that do not queue behind each other.
+
+Reports, per load, each run's medians and errors, the p99 ratio to `steady` (and to
+`client-only`) and the target: p99 within 20% of steady, zero errors (the load generator's and
+the Admin API's). Raw rounds go to `benches/results/route-churn-<timestamp>.json`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import bench
+import engines
 from bench import BenchError, Scenario, Target, log
 
 SCENARIO = Scenario(
@@ -93,6 +105,12 @@ Admin API costs the traffic; against the churn runs, what a write itself adds.""
 
 WRONG_KEY = "churn-wrong-key-0123456789"
 
+SPIN = "cpu-1ms"
+"""The run with no PUT at all: a separate process burns 1 ms of CPU every interval (at the
+servers' priority). What any 10 Hz burst of that size, unrelated to the gateway, costs the
+traffic on these shared CPUs; an Admin API write takes about as much CPU in the node."""
+SPIN_MS = 1.0
+
 
 @dataclass(frozen=True)
 class Writes:
@@ -105,14 +123,22 @@ class Writes:
     expect: tuple[int, ...] = (200, 201)
 
 
-CHANGES: dict[str, Writes | None] = {
+@dataclass(frozen=True)
+class Spin:
+    """No writes: a child process busy for ``ms`` of CPU every interval."""
+
+    ms: float
+
+
+CHANGES: dict[str, Writes | Spin | None] = {
     "steady": None,
+    SPIN: Spin(SPIN_MS),
     SINK: Writes("churn-other", other_route, to_origin=True),
     REFUSED: Writes("churn-other", other_route, key=WRONG_KEY, expect=(401,)),
     "churn-other": Writes("churn-other", other_route),
     "churn-served": Writes(SERVED_ROUTE_ID, served_route),
 }
-REFERENCES = ("steady", SINK, REFUSED)
+REFERENCES = ("steady", SPIN, SINK, REFUSED)
 """Runs that change nothing in the gateway: no target applies to them."""
 
 
@@ -158,22 +184,67 @@ class Churner:
         self.thread.join(timeout=10)
 
 
-def load(
-    run_name: str, args: argparse.Namespace, prefix: list[str], duration: int
-) -> dict[str, Any]:
-    """One wrk run on the gateway, with the writes of `run_name` going on meanwhile."""
-    writes = CHANGES[run_name]
+Measure = Callable[[], dict[str, Any]]
 
-    def wrk() -> dict[str, Any]:
-        return bench.run_wrk(
-            GATEWAY.port, SCENARIO.path, duration, args.connections, args.threads, prefix
+
+def closed_loop(args: argparse.Namespace, prefix: list[str]) -> Measure:
+    """One wrk run on the served route, as bench.py runs it."""
+    return lambda: bench.run_wrk(
+        GATEWAY.port, SCENARIO.path, args.duration, args.connections, args.threads, prefix
+    )
+
+
+def open_loop(args: argparse.Namespace, prefix: list[str], rate: float) -> Measure:
+    """One open-loop run at `rate` on the served route; errors count what was not sent."""
+    binary = engines.openloop_binary()
+
+    def run() -> dict[str, Any]:
+        res = engines.run_openloop(
+            binary, GATEWAY.port, SCENARIO.path, rate, args.duration, args.ol_connections, prefix
         )
+        res["errors"] = res["errors"] + res["non_2xx_3xx"] + res["unsent"]
+        return res
 
-    if writes is None:
-        return {**wrk(), "puts": 0, "put_failures": [], "put_ms_p50": None, "put_ms_max": None}
+    return run
+
+
+SPIN_CODE = """
+import sys, time
+interval, busy = float(sys.argv[1]), float(sys.argv[2]) / 1e3
+start, k = time.monotonic(), 0
+while True:
+    time.sleep(max(0.0, start + k * interval - time.monotonic()))
+    t = time.thread_time()
+    while time.thread_time() - t < busy:
+        pass
+    k += 1
+"""
+
+
+@contextlib.contextmanager
+def spinning(spin: Spin, interval: float) -> Iterator[None]:
+    """A child process burning ``spin.ms`` of CPU every ``interval`` until the block ends."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", SPIN_CODE, f"{interval:g}", f"{spin.ms:g}"],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        child.kill()
+        child.wait()
+
+
+def load(run_name: str, args: argparse.Namespace, measure: Measure) -> dict[str, Any]:
+    """One measured run on the gateway, with the writes of `run_name` going on meanwhile."""
+    writes = CHANGES[run_name]
+    if not isinstance(writes, Writes):
+        with spinning(writes, args.interval) if writes else contextlib.nullcontext():
+            res = measure()
+        return {**res, "puts": 0, "put_failures": [], "put_ms_p50": None, "put_ms_max": None}
     port = bench.ORIGIN_PORT if writes.to_origin else GATEWAY.admin_port
     with Churner(port, writes, args.interval, args.client_nice) as churner:
-        res = wrk()
+        res = measure()
     lat = churner.latencies_ms
     return {
         **res,
@@ -184,8 +255,42 @@ def load(
     }
 
 
-def summarize(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    summary = bench.summarize(list(CHANGES), rounds, "steady")
+def interleaved(label: str, args: argparse.Namespace, measure: Measure) -> list[dict[str, Any]]:
+    """`--rounds` rounds of every run in CHANGES, one after the other."""
+    rounds: list[dict[str, Any]] = []
+    for i in range(1, args.rounds + 1):
+        for name in CHANGES:
+            res = load(name, args, measure)
+            res.update(target=name, round=i)
+            rounds.append(res)
+            rps = f"{res['rps']:,.0f} req/s " if "rps" in res else ""
+            log(
+                f"{label} round {i}/{args.rounds} {name}: {rps}"
+                f"p99 {bench.fmt_ms(res['p99_ms'])} errors {res['errors']} "
+                f"PUTs {res['puts']} (failed {len(res['put_failures'])})"
+            )
+    return rounds
+
+
+def summarize(rounds: list[dict[str, Any]], closed: bool) -> dict[str, dict[str, Any]]:
+    """Medians per run; an open-loop run has no req/s of its own (the rate is fixed)."""
+    if closed:
+        summary = bench.summarize(list(CHANGES), rounds, "steady")
+    else:
+        summary = {}
+        for name in CHANGES:
+            rs = [r for r in rounds if r["target"] == name]
+            summary[name] = {
+                "rounds": len(rs),
+                **{
+                    f"{k}_median": round(statistics.median(r[k] for r in rs), 4)
+                    for k in ("p50_ms", "p99_ms", "p999_ms", "achieved_rps")
+                },
+                "errors": sum(r["errors"] for r in rs),
+            }
+        ref = summary["steady"]["p99_ms_median"]
+        for s in summary.values():
+            s["p99_vs_reference"] = round(s["p99_ms_median"] / ref, 4) if ref else None
     for name, s in summary.items():
         rs = [r for r in rounds if r["target"] == name]
         s["puts"] = sum(r["puts"] for r in rs)
@@ -203,10 +308,11 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return summary
 
 
-def render_table(summary: dict[str, dict[str, Any]]) -> str:
+def render_table(summary: dict[str, dict[str, Any]], closed: bool) -> str:
     fmt = bench.fmt_ms
+    load = "req/s | p50 | p99 | wrk errors" if closed else "p50 | p99 | p99.9 | errors"
     lines = [
-        "| run | req/s | p50 | p99 | wrk errors | PUTs (failed) | PUT p50 / max "
+        f"| run | {load} | PUTs (failed) | PUT p50 / max "
         "| p99 vs steady | p99 vs client-only | target met |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
@@ -216,9 +322,18 @@ def render_table(summary: dict[str, dict[str, Any]]) -> str:
         changes = name not in REFERENCES
         met = ("yes" if s["met"] else "**NO**") if changes else ""
         vs_sink = f"{s['p99_vs_client_only']:.2f}x" if changes else ""
+        if closed:
+            figures = (
+                f"{s['rps_median']:,.0f} | {fmt(s['p50_ms_median'])} "
+                f"| {fmt(s['p99_ms_median'])} | {s['errors']}"
+            )
+        else:
+            figures = (
+                f"{fmt(s['p50_ms_median'])} | {fmt(s['p99_ms_median'])} "
+                f"| {fmt(s['p999_ms_median'])} | {s['errors']}"
+            )
         lines.append(
-            f"| {name} | {s['rps_median']:,.0f} | {fmt(s['p50_ms_median'])} "
-            f"| {fmt(s['p99_ms_median'])} | {s['errors']} | {puts} | {put_ms} "
+            f"| {name} | {figures} | {puts} | {put_ms} "
             f"| {s['p99_vs_reference']:.2f}x | {vs_sink} | {met} |"
         )
     return "\n".join(lines)
@@ -230,7 +345,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "the same load without changes.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
+    p.add_argument(
+        "--loop",
+        choices=("closed", "open", "both"),
+        default="both",
+        help="closed: wrk at saturation; open: benches/openloop at a fixed rate",
+    )
+    p.add_argument("--duration", type=int, default=8, help="seconds per run")
     p.add_argument("--connections", type=int, default=50)
     p.add_argument("--threads", type=int, default=1, help="wrk threads")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the four runs")
@@ -249,6 +370,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=0,
         help="nice value of the thread sending the PUTs (0: same priority as the servers)",
     )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="open-loop req/s (default: --rate-fraction of steady's closed-loop req/s)",
+    )
+    p.add_argument("--rate-fraction", type=float, default=0.25)
+    p.add_argument(
+        "--ol-connections", type=int, default=50, help="open-loop keep-alive connections"
+    )
     p.add_argument("--ready-timeout", type=float, default=20.0)
     p.add_argument("--pin", action="store_true", help="taskset: wrk on CPU 0, servers on others")
     p.add_argument("--install", action="store_true", help="apt-get install nginx/wrk if missing")
@@ -261,6 +392,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--warmup and --extra-routes must be >= 0 and --interval > 0")
     if not 0 <= args.client_nice <= 19:
         p.error("--client-nice must be in 0..19")
+    if (args.rate is not None and args.rate <= 0) or not 0 < args.rate_fraction <= 1:
+        p.error("--rate must be > 0 and --rate-fraction in (0, 1]")
+    if args.loop == "open" and args.rate is None:
+        p.error("--loop open needs --rate (the default rate comes from the closed loop)")
     args.gateway_cmd = bench.DEFAULT_GATEWAY_CMD  # unused: admin gateways have their own
     return args
 
@@ -271,7 +406,9 @@ def run(args: argparse.Namespace) -> int:
     wrk_prefix, server_prefix, pin_note = bench.pin_prefixes(args.pin)
     machine = bench.machine_info()
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    rounds: list[dict[str, Any]] = []
+    closed: list[dict[str, Any]] = []
+    opened: list[dict[str, Any]] = []
+    rate = args.rate
     with bench.serving(SCENARIO, [GATEWAY], args, shared, server_prefix) as served:
         for n in range(args.extra_routes):
             status, body = bench.admin_request(
@@ -280,29 +417,38 @@ def run(args: argparse.Namespace) -> int:
             if status not in (200, 201):
                 raise BenchError(f"PUT routes/extra-{n} answered {status}: {body[:300]!r}")
         bench.warm_up([GATEWAY], SCENARIO.path, args, wrk_prefix)
-        for i in range(1, args.rounds + 1):
-            for name in CHANGES:
-                res = load(name, args, wrk_prefix, args.duration)
-                res.update(target=name, round=i)
-                rounds.append(res)
-                log(
-                    f"round {i}/{args.rounds} {name}: {res['rps']:,.0f} req/s "
-                    f"p99 {bench.fmt_ms(res['p99_ms'])} errors {res['errors']} "
-                    f"PUTs {res['puts']} (failed {len(res['put_failures'])})"
-                )
+        if args.loop != "open":
+            closed = interleaved("closed loop", args, closed_loop(args, wrk_prefix))
+        if args.loop != "closed":
+            if rate is None:
+                steady = statistics.median(r["rps"] for r in closed if r["target"] == "steady")
+                rate = round(args.rate_fraction * steady)
+            opened = interleaved(
+                f"open loop at {rate:,.0f} req/s", args, open_loop(args, wrk_prefix, rate)
+            )
         # The last write of the served route must be what the store holds now.
         status, body = bench.admin_request(GATEWAY.admin_port, "GET", f"routes/{SERVED_ROUTE_ID}")
         if status != 200 or b"churn write" not in body:
             raise BenchError(f"the served route was not updated: {status} {body[:300]!r}")
 
-    summary = summarize(rounds)
-    table = render_table(summary)
+    loads = {"closed": closed, "open": opened}
+    summaries = {k: summarize(rs, k == "closed") for k, rs in loads.items() if rs}
+    tables = {k: render_table(s, k == "closed") for k, s in summaries.items()}
     mline = (
         bench.machine_line(machine, args, pin_note)
         + f"; one PUT every {args.interval:g}s; {args.extra_routes} extra routes stored"
         + f"; PUT client at nice {args.client_nice}"
+        + (
+            f"; open loop: benches/openloop at {rate:,.0f} req/s, {args.ol_connections} "
+            f"connections, {args.duration}s per run"
+            if opened
+            else ""
+        )
     )
-    print(f"\n### Route churn: {SCENARIO.description}\n\n{table}\n")
+    print(f"\n### Route churn: {SCENARIO.description}\n")
+    for k, table in tables.items():
+        title = "Closed loop (wrk)" if k == "closed" else f"Open loop at {rate:,.0f} req/s"
+        print(f"{title}:\n\n{table}\n")
     print(
         f"Target: p99 within {P99_TOLERANCE:.0%} of steady and zero errors while a route is "
         f"written every {args.interval * 1000:g} ms.\n\n{mline}"
@@ -316,9 +462,13 @@ def run(args: argparse.Namespace) -> int:
             "machine_line": mline,
             "params": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "gateway_command": served.commands.get(GATEWAY.name),
-            "summary": summary,
-            "table_markdown": table,
-            "rounds": rounds,
+            "open_loop_rate": rate if opened else None,
+            "summary": summaries.get("closed"),
+            "open_loop_summary": summaries.get("open"),
+            "table_markdown": tables.get("closed"),
+            "open_loop_table_markdown": tables.get("open"),
+            "rounds": closed,
+            "open_loop_rounds": opened,
         },
         args.output or bench.RESULTS_DIR / f"route-churn-{stamp}.json",
     )
