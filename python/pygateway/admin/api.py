@@ -8,7 +8,6 @@ follow APISIX's ``apisix/admin/*.lua`` (see ``docs/admin.md`` for the difference
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 import threading
@@ -20,6 +19,7 @@ from typing import Any
 
 from ..config import PluginCatalog, build_config
 from ..config.errors import ConfigError
+from ..config.jsonvalue import json_copy
 from ..config.resources import CHECKERS
 from ..config.schema import SCHEMAS
 from ..config.standalone import REFERENCES, UNSUPPORTED, item_id
@@ -95,7 +95,7 @@ def _error(status: int, message: str) -> Reply:
 def _merge(old: Any, patch: Any) -> Any:
     """APISIX's PATCH merge: objects merge recursively, ``null`` deletes, the rest replaces."""
     if not isinstance(old, dict) or not isinstance(patch, dict):
-        return copy.deepcopy(patch)
+        return json_copy(patch)
     merged = dict(old)
     for key, value in patch.items():
         if value is None:
@@ -295,7 +295,7 @@ class AdminApi:
                         if value is not None and value is not False:  # Lua: 0 is true
                             return _error(400, f"the property is forbidden:  {where}{name}")
         self._warned = False
-        self._checked = checked = copy.deepcopy(conf)
+        self._checked = checked = json_copy(conf)
         for problem in CHECKERS[kind.name](checked, self.catalog):
             if not problem.warning:
                 return _error(400, problem.message)
@@ -390,7 +390,7 @@ class AdminApi:
             return _error(400, "missing configurations")
         if not isinstance(body, dict):
             return _not_object(body)
-        conf = copy.deepcopy(body)
+        conf = json_copy(body)
         if kind.name == "consumers":
             if ident is not None and "username" in conf and conf["username"] != ident:
                 return _error(400, "wrong username")
@@ -432,7 +432,7 @@ class AdminApi:
             return _not_object(body)
         if body.get("id") is not None:
             return _error(400, f"wrong {kind.kind} id, do not need it")
-        conf = copy.deepcopy(body)
+        conf = json_copy(body)
         bad = self._check(kind, "", conf)
         if bad is not None:
             return bad
@@ -489,8 +489,8 @@ class AdminApi:
         if previous is None:
             return NOT_FOUND
         if sub:
-            conf = copy.deepcopy(previous.value)
-            err = _set_path(conf, sub, copy.deepcopy(body))
+            conf = json_copy(previous.value)
+            err = _set_path(conf, sub, json_copy(body))
             if err is not None:
                 return _error(400, err)
             patched_times = False
@@ -574,7 +574,7 @@ class AdminApi:
             if resource not in SCHEMAS:
                 return _error(404, f"Unsupported resource type: {rest[1]}")
             try:
-                validate(SCHEMAS[resource], copy.deepcopy(body))
+                validate(SCHEMAS[resource], json_copy(body))
             except SchemaError as err:
                 return _error(400, err.message)
             return 200, ""

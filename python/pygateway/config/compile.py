@@ -8,7 +8,6 @@ or its service's) and the key of its upstream.  Inline upstreams get the keys
 
 from __future__ import annotations
 
-import copy
 import ipaddress
 import json
 from collections.abc import Callable, Iterable
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from .jsonvalue import json_copy
 from .resources import parse_addr
 from .standalone import Config, Item
 
@@ -161,10 +161,10 @@ def compile_route(route: Item, config: Config) -> JSON:
 
     plugins: JSON = {}
     if service is not None:
-        plugins.update(copy.deepcopy(service.conf.get("plugins") or {}))
+        plugins.update(json_copy(service.conf.get("plugins") or {}))
     if plugin_config is not None:
-        plugins.update(copy.deepcopy(plugin_config.conf.get("plugins") or {}))
-    plugins.update(copy.deepcopy(conf.get("plugins") or {}))
+        plugins.update(json_copy(plugin_config.conf.get("plugins") or {}))
+    plugins.update(json_copy(conf.get("plugins") or {}))
 
     hosts = _hosts(conf)
     if hosts is None and service is not None:
@@ -183,7 +183,7 @@ def compile_route(route: Item, config: Config) -> JSON:
         "hosts": hosts,
         "methods": list(conf["methods"]) if conf.get("methods") else None,
         "remote_addrs": remote_addrs,
-        "vars": copy.deepcopy(conf["vars"]) if conf.get("vars") else None,
+        "vars": json_copy(conf["vars"]) if conf.get("vars") else None,
         "priority": int(conf.get("priority", 0)),
         "upstream": _upstream_key(route, service),
         "timeout": _timeout(conf.get("timeout")),
@@ -282,8 +282,8 @@ def full(snapshot: Snapshot, previous: Snapshot | None = None) -> ChangeSet:
     """The change set of a full load: everything upserted, and what ``previous`` had that
     ``snapshot`` has not deleted."""
     changes = _empty()
-    changes["upsert_upstreams"] = [copy.deepcopy(u) for u in snapshot.upstreams.values()]
-    changes["upsert_routes"] = [copy.deepcopy(r) for r in snapshot.routes.values()]
+    changes["upsert_upstreams"] = [json_copy(u) for u in snapshot.upstreams.values()]
+    changes["upsert_routes"] = [json_copy(r) for r in snapshot.routes.values()]
     if previous is not None:
         changes["delete_upstreams"] = [k for k in previous.upstreams if k not in snapshot.upstreams]
         changes["delete_routes"] = [r for r in previous.routes if r not in snapshot.routes]
@@ -319,7 +319,7 @@ def _diff_kind(
             if key in old:
                 changes[f"delete_{kind}"].append(key)
         elif old.get(key) != item:
-            changes[f"upsert_{kind}"].append(copy.deepcopy(item))
+            changes[f"upsert_{kind}"].append(json_copy(item))
 
 
 def is_empty(changes: ChangeSet) -> bool:

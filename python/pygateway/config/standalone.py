@@ -10,7 +10,6 @@ unsupported resources) is collected and reported, and the file is refused.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
@@ -21,6 +20,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, ConfigIssue
+from .jsonvalue import json_copy
 from .plugins import NO_PLUGINS, PluginCatalog, RestrictedCatalog
 from .resources import CHECKERS
 from .schema import PLUGINS_LIST
@@ -378,7 +378,7 @@ def build_config(
                     index=index,
                 )
                 continue
-            conf = copy.deepcopy(raw)
+            conf = json_copy(raw)
             raw_id = conf.get("id")
             if raw_id is None and resource == "consumers":
                 raw_id = conf.get("username")

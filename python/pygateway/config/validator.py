@@ -15,7 +15,6 @@ reported as ``null`` (Lua would say ``userdata``).
 
 from __future__ import annotations
 
-import copy
 import ipaddress
 import json
 import math
@@ -25,6 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Union
+
+from .jsonvalue import json_copy
 
 __all__ = [
     "PathItem",
@@ -426,9 +427,7 @@ class _Compiler:
                 if missing is not None:
                     raise SchemaError(missing)
                 if default is not _NO_DEFAULT:
-                    value[prop] = (
-                        default if isinstance(default, _IMMUTABLE) else copy.deepcopy(default)
-                    )
+                    value[prop] = default if isinstance(default, _IMMUTABLE) else json_copy(default)
             for prop, missing in others_required:
                 if prop not in value:
                     raise SchemaError(missing)

@@ -14,12 +14,12 @@ consumer lookup scans.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Iterable
 from typing import Any, Optional
 
 from ..config import Config, ConfigIssue, Item, PluginCatalog
+from ..config.jsonvalue import json_copy
 from ..config.resources import CHECKERS
 from ..config.standalone import REFERENCES, RESOURCES, item_id
 from .base import Entry
@@ -45,7 +45,7 @@ def parse_key(key: str) -> KeyParts | None:
 
 def _prepared(resource: str, ident: str, value: Any) -> Any:
     """A copy of a stored value with the identity fields APISIX derives from the key."""
-    conf = copy.deepcopy(value)
+    conf = json_copy(value)
     if isinstance(conf, dict):
         if resource == "consumers":
             conf.setdefault("username", ident)
