@@ -5,19 +5,21 @@
 
 Starts the origin and the native gateway with the Admin API on (embedded store in the run's
 temporary folder, config seeded from benches/config/proxy.yaml through the Admin API), then
-loads the served route in interleaved rounds of six runs:
+loads the served route in interleaved rounds of seven runs:
 
 - `steady`: no writes;
 - `cpu-1ms`: no writes; a separate process burns 1 ms of CPU every `--interval`: what any
   burst of that size (about an Admin API write's CPU in the node) costs on these shared CPUs;
 - `client-only`: the same PUTs, every `--interval`, sent to the origin instead (nginx answers
   200): what the writing client itself costs on these shared CPUs, no change to the gateway;
+- `python-401`: the same PUTs to a separate aiohttp server that answers 401: what any Python
+  HTTP server answering them costs the traffic;
 - `refused`: the same PUTs to the gateway's Admin API with a wrong key (answered 401, nothing
   written): what the Admin API answering HTTP costs, without the write path;
 - `churn-other`: a side thread PUTs another route (a new `uri` each time) every `--interval`;
 - `churn-served`: it PUTs the served route itself with a changed field (`desc`).
 
-Two loads, each in interleaved rounds of the six runs (`--loop`, default both):
+Two loads, each in interleaved rounds of the seven runs (`--loop`, default both):
 
 - closed loop: wrk at saturation (`-t1 -c50`), as bench.py: req/s, p50, p99;
 - open loop: `benches/openloop` at a fixed rate below the knee (`--rate`, or `--rate-fraction`
@@ -105,6 +107,25 @@ Admin API costs the traffic; against the churn runs, what a write itself adds.""
 
 WRONG_KEY = "churn-wrong-key-0123456789"
 
+PYTHON_401 = "python-401"
+"""The run with the same PUTs sent to a separate aiohttp server answering 401 (the Admin API's
+refusal, in a process of its own): what any Python HTTP server answering these requests costs
+the traffic on these shared CPUs, against `refused` (the gateway's own Admin API doing it)."""
+PYTHON_401_PORT = bench.GATEWAY_PORT + 96
+PYTHON_401_CODE = """
+import sys
+from aiohttp import web
+
+async def refuse(request):
+    await request.read()
+    body = {"error_msg": "failed to check token", "description": "wrong apikey"}
+    return web.json_response(body, status=401)
+
+app = web.Application()
+app.router.add_route("*", "/{tail:.*}", refuse)
+web.run_app(app, host=sys.argv[1], port=int(sys.argv[2]), access_log=None, print=None)
+"""
+
 SPIN = "cpu-1ms"
 """The run with no PUT at all: a separate process burns 1 ms of CPU every interval (at the
 servers' priority). What any 10 Hz burst of that size, unrelated to the gateway, costs the
@@ -118,7 +139,7 @@ class Writes:
 
     route_id: str
     body: Callable[[int], dict[str, Any]]
-    to_origin: bool = False
+    to: str = "gateway"  # or "origin" (nginx), or PYTHON_401 (a separate aiohttp server)
     key: str | None = None  # None: the run's admin key
     expect: tuple[int, ...] = (200, 201)
 
@@ -133,12 +154,13 @@ class Spin:
 CHANGES: dict[str, Writes | Spin | None] = {
     "steady": None,
     SPIN: Spin(SPIN_MS),
-    SINK: Writes("churn-other", other_route, to_origin=True),
+    SINK: Writes("churn-other", other_route, to="origin"),
+    PYTHON_401: Writes("churn-other", other_route, to=PYTHON_401, expect=(401,)),
     REFUSED: Writes("churn-other", other_route, key=WRONG_KEY, expect=(401,)),
     "churn-other": Writes("churn-other", other_route),
     "churn-served": Writes(SERVED_ROUTE_ID, served_route),
 }
-REFERENCES = ("steady", SPIN, SINK, REFUSED)
+REFERENCES = ("steady", SPIN, SINK, PYTHON_401, REFUSED)
 """Runs that change nothing in the gateway: no target applies to them."""
 
 
@@ -235,6 +257,32 @@ def spinning(spin: Spin, interval: float) -> Iterator[None]:
         child.wait()
 
 
+@contextlib.contextmanager
+def python_401(ready_timeout: float) -> Iterator[int]:
+    """A separate aiohttp server answering every request 401, for one run: its port."""
+    bench.check_ports_free([PYTHON_401_PORT])
+    child = subprocess.Popen(
+        [sys.executable, "-c", PYTHON_401_CODE, bench.HOST, str(PYTHON_401_PORT)],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            try:
+                status, _ = bench.admin_request(PYTHON_401_PORT, "GET", "routes")
+            except OSError:
+                status = 0
+            if status == 401:
+                break
+            if child.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"the {PYTHON_401} server did not start (needs aiohttp)")
+            time.sleep(0.1)
+        yield PYTHON_401_PORT
+    finally:
+        child.kill()
+        child.wait()
+
+
 def load(run_name: str, args: argparse.Namespace, measure: Measure) -> dict[str, Any]:
     """One measured run on the gateway, with the writes of `run_name` going on meanwhile."""
     writes = CHANGES[run_name]
@@ -242,8 +290,12 @@ def load(run_name: str, args: argparse.Namespace, measure: Measure) -> dict[str,
         with spinning(writes, args.interval) if writes else contextlib.nullcontext():
             res = measure()
         return {**res, "puts": 0, "put_failures": [], "put_ms_p50": None, "put_ms_max": None}
-    port = bench.ORIGIN_PORT if writes.to_origin else GATEWAY.admin_port
-    with Churner(port, writes, args.interval, args.client_nice) as churner:
+    with contextlib.ExitStack() as stack:
+        if writes.to == PYTHON_401:
+            port = stack.enter_context(python_401(args.ready_timeout))
+        else:
+            port = bench.ORIGIN_PORT if writes.to == "origin" else GATEWAY.admin_port
+        churner = stack.enter_context(Churner(port, writes, args.interval, args.client_nice))
         res = measure()
     lat = churner.latencies_ms
     return {
