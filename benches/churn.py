@@ -233,6 +233,7 @@ def open_loop(args: argparse.Namespace, prefix: list[str], rate: float) -> Measu
 SPIN_CODE = """
 import sys, time
 interval, busy = float(sys.argv[1]), float(sys.argv[2]) / 1e3
+print("ready", flush=True)
 start, k = time.monotonic(), 0
 while True:
     time.sleep(max(0.0, start + k * interval - time.monotonic()))
@@ -245,12 +246,18 @@ while True:
 
 @contextlib.contextmanager
 def spinning(spin: Spin, interval: float) -> Iterator[None]:
-    """A child process burning ``spin.ms`` of CPU every ``interval`` until the block ends."""
+    """A child process burning ``spin.ms`` of CPU every ``interval`` until the block ends;
+    started (the interpreter's start-up is not in the measured run) before the block runs."""
     child = subprocess.Popen(
         [sys.executable, "-c", SPIN_CODE, f"{interval:g}", f"{spin.ms:g}"],
         stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
+        assert child.stdout is not None
+        if child.stdout.readline().strip() != "ready":
+            raise BenchError("the cpu-1ms process did not start")
         yield
     finally:
         child.kill()
