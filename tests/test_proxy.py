@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import threading
 import time
 from collections import Counter
 
@@ -236,6 +237,43 @@ def test_bodyless_request_retried_after_reset(gateway, origin, origin_b):
     assert request(gw.url, "/reset-before-headers").status == 502
 
 
+def _resets_first_connection() -> tuple[str, threading.Thread, socket.socket]:
+    """A node that resets its first connection before any response byte, then answers 200
+    on the next one: (its address, its thread, its socket)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+
+    def serve() -> None:
+        first, _ = srv.accept()
+        first.recv(65536)
+        first.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        first.close()
+        second, _ = srv.accept()
+        second.recv(65536)
+        second.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        second.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return f"127.0.0.1:{srv.getsockname()[1]}", t, srv
+
+
+@pytest.mark.parametrize("retries", [1, 0])
+def test_a_lone_node_is_retried_when_retries_allow(gateway, retries):
+    # APISIX's balancer hands a single-node upstream's node back on every try.
+    addr, t, srv = _resets_first_connection()
+    up = {"nodes": {addr: 1}, "retries": retries}
+    gw = gateway({"routes": [{"uri": "/*", "upstream": up}]}, workers=1)
+    r = request(gw.url, "/")
+    if retries:
+        assert (r.status, r.body) == (200, b"ok"), "the lone node was not tried again"
+    else:
+        assert r.status == 502, "retries 0 must not retry"
+    srv.close()
+    t.join(1)
+
+
 def test_retry_timeout_stops_retries(gateway, blackhole, origin):
     up = {
         "nodes": {blackhole.addr: 100, origin.addr: 1},
@@ -379,8 +417,6 @@ def test_reset_on_a_reused_connection_is_retried_on_a_fresh_one(gateway):
         second.sendall(ok)
         second.close()
 
-    import threading
-
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     gw = gateway({"routes": [route("/*", f"127.0.0.1:{port}")]}, workers=1)
@@ -392,7 +428,6 @@ def test_reset_on_a_reused_connection_is_retried_on_a_fresh_one(gateway):
 
 def test_ipv6_listener_and_ipv6_node(gateway):
     import http.server
-    import threading
 
     class Echo(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"

@@ -66,8 +66,15 @@ impl Balancer {
         self.groups.iter().map(|g| g.members.len()).sum()
     }
 
-    /// The next node not in `tried`, highest priority group first.
+    /// The next node not in `tried`, highest priority group first. A lone node is picked
+    /// again whatever was tried: as in APISIX, a retry has nowhere else to go (the caller's
+    /// `retries` bounds the tries).
     pub fn pick(&self, tried: &[usize]) -> Option<usize> {
+        if let [group] = self.groups.as_slice() {
+            if let [only] = group.members.as_slice() {
+                return Some(*only);
+            }
+        }
         for group in &self.groups {
             if group.members.iter().all(|m| tried.contains(m)) {
                 continue;
@@ -162,6 +169,15 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(b.pick(&[0]), Some(1));
         }
+    }
+
+    #[test]
+    fn a_lone_node_is_picked_again_on_retry() {
+        let b = Balancer::new(&[(1, 0)]);
+        assert_eq!(b.pick(&[0]), Some(0));
+        assert_eq!(b.pick(&[0, 0]), Some(0));
+        // a zero-weight node takes no traffic: the other one is alone
+        assert_eq!(Balancer::new(&[(0, 0), (1, 0)]).pick(&[1]), Some(1));
     }
 
     #[test]

@@ -546,7 +546,11 @@ class Balancer:
         return sum(len(g.members) for g in self.groups)
 
     def pick(self, tried: Sequence[int]) -> int | None:
-        """The next node not in ``tried``, highest priority group first."""
+        """The next node not in ``tried``, highest priority group first. A lone node is
+        picked again whatever was tried: as in APISIX, a retry has nowhere else to go (the
+        caller's ``retries`` bounds the tries)."""
+        if len(self.groups) == 1 and len(self.groups[0].members) == 1:
+            return self.groups[0].members[0]
         for group in self.groups:
             n = len(group.schedule)
             if not tried:  # a first try: the group's next node
