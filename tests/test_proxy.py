@@ -51,6 +51,22 @@ def test_forwarded_headers_set_and_client_xff_ignored_from_untrusted_peer(gatewa
     assert h["x-forwarded-port"] == port
 
 
+def test_forwarded_port_from_host_and_forwarded_header_only_from_trusted_peers(gateway, origin):
+    # APISIX: X-Forwarded-Port is the Host header's port, else the listener's; a client's
+    # RFC 7239 Forwarded header is cleared unless the peer is trusted.
+    forged = {"Forwarded": "for=6.6.6.6;proto=https"}
+    gw = gateway({"routes": [route("/*", origin.addr)]})
+    h = request(gw.url, "/", headers={"Host": "example.test:8443", **forged}).json()["headers"]
+    assert h["x-forwarded-port"] == "8443"
+    assert h["x-forwarded-host"] == "example.test:8443"
+    assert "forwarded" not in h, "an untrusted client's Forwarded header reached the upstream"
+    h = request(gw.url, "/", headers={"Host": "[::1]"}).json()["headers"]
+    assert h["x-forwarded-port"] == gw.addresses[0].rpartition(":")[2]
+    trusting = gateway({"routes": [route("/*", origin.addr)]}, trusted_addresses=["127.0.0.0/8"])
+    h = request(trusting.url, "/", headers=forged).json()["headers"]
+    assert h["forwarded"] == "for=6.6.6.6;proto=https"
+
+
 def test_xff_appended_and_client_taken_from_trusted_proxy(gateway, origin):
     gw = gateway({"routes": [route("/*", origin.addr)]}, trusted_addresses=["127.0.0.0/8"])
     r = request(gw.url, "/", headers={"X-Forwarded-For": "1.2.3.4", "X-Forwarded-Proto": "https"})

@@ -798,11 +798,29 @@ fn prepare_upstream_head(parts: &mut Parts, fwd: &Forward, conn: &ConnInfo, stat
         }
     }
     if !keep(headers, "x-forwarded-port") {
-        headers.insert(
-            HeaderName::from_static("x-forwarded-port"),
-            conn.local_port.clone(),
-        );
+        let port = fwd
+            .forwarded_host
+            .as_ref()
+            .and_then(|h| host_port(h.as_bytes()))
+            .unwrap_or_else(|| conn.local_port.clone());
+        headers.insert(HeaderName::from_static("x-forwarded-port"), port);
     }
+    // RFC 7239's header carries the same claims: only a trusted peer's reaches the upstream
+    // (APISIX clears it for everyone else).
+    if !trusted_peer {
+        headers.remove(header::FORWARDED);
+    }
+}
+
+/// The port at the end of a Host header (`name:8443`, `[::1]:8443`), as APISIX's
+/// `X-Forwarded-Port` takes it before falling back to the listener's port.
+fn host_port(host: &[u8]) -> Option<HeaderValue> {
+    let colon = host.iter().rposition(|&b| b == b':')?;
+    let digits = &host[colon + 1..];
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    HeaderValue::from_bytes(digits).ok()
 }
 
 fn set_upstream_host(

@@ -343,8 +343,21 @@ def prepare_head(info: RequestInfo, fwd: Forward) -> list[tuple[str, str]]:
     if host not in present:
         sets[host] = fwd.forwarded_host
     if port not in present:
-        sets[port] = str(info.local[1])
+        sets[port] = _host_port(fwd.forwarded_host) or str(info.local[1])
+    if not trusted_peer:
+        # RFC 7239's header carries the same claims: only a trusted peer's reaches the
+        # upstream (APISIX clears it for everyone else).
+        sets["forwarded"] = None
     return _with_set(kept, sets)
+
+
+def _host_port(host: str | None) -> str | None:
+    """The port at the end of a Host header (``name:8443``, ``[::1]:8443``), as APISIX's
+    ``X-Forwarded-Port`` takes it before falling back to the listener's port."""
+    if not host:
+        return None
+    digits = host.rpartition(":")[2] if ":" in host else ""
+    return digits if digits.isascii() and digits.isdigit() else None
 
 
 def _first(items: list[tuple[str, str]], name: str) -> str | None:
