@@ -182,6 +182,19 @@ def test_read_timeout_is_504(gateway, blackhole):
     r = request(gw.url, "/")
     assert r.status == 504
     assert time.monotonic() - t0 < 3
+    assert b"<title>504 Gateway Time-out</title>" in r.body, "nginx's wording"
+    assert r.headers["content-type"] == "text/html"
+
+
+def test_trace_is_refused_with_405_before_routing(gateway, origin):
+    # nginx answers TRACE itself ("client sent TRACE method"); nothing reaches the upstream.
+    gw = gateway({"routes": [route("/*", origin.addr)]})
+    before = origin.requests
+    r = request(gw.url, "/anything", method="TRACE")
+    assert r.status == 405
+    assert b"<title>405 Not Allowed</title>" in r.body
+    assert origin.requests == before
+    assert request(gw.url, "/anything").status == 200
 
 
 def test_route_timeout_overrides_upstream_timeout(gateway, origin):

@@ -12,10 +12,9 @@ runs the control plane. Start one in a few lines::
 
 from __future__ import annotations
 
+from ._version import __version__
 from .config import ConfigError, ConfigIssue, NodeConfig, load_node_config
 from .gateway import Gateway
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
+from ._version import __version__
 from .config import expr
 from .ctx import Ctx, RequestBodyTooLarge
 from .plugin import PHASES, Plugin, PluginRegistry, is_async
@@ -87,18 +88,30 @@ class PluginResponse:
         )
 
 
-_NGINX_REASONS = {503: "Service Temporarily Unavailable", 413: "Request Entity Too Large"}
+_NGINX_REASONS = {
+    # nginx's wording (ngx_http_special_response.c) where it differs from the registry's.
+    401: "Authorization Required",
+    405: "Not Allowed",
+    408: "Request Time-out",
+    413: "Request Entity Too Large",
+    414: "Request-URI Too Large",
+    416: "Requested Range Not Satisfiable",
+    503: "Service Temporarily Unavailable",
+    504: "Gateway Time-out",
+}
+_PAGE_FOOTER = f"pygateway/{__version__}"
 
 
 def nginx_page(status: int) -> bytes:
-    """nginx's page for a bare status (APISIX ``core.response.exit(code)`` → ``ngx.exit``)."""
+    """nginx's page for a bare status: what APISIX's ``core.response.exit(code)`` (→
+    ``ngx.exit``) and its proxy failures answer."""
     reason = _NGINX_REASONS.get(status) or (
         HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
     )
     line = f"{status} {reason}".rstrip()
     return (
         f"<html>\r\n<head><title>{line}</title></head>\r\n<body>\r\n<center><h1>{line}"
-        "</h1></center>\r\n<hr><center>pygateway</center>\r\n</body>\r\n</html>\r\n"
+        f"</h1></center>\r\n<hr><center>{_PAGE_FOOTER}</center>\r\n</body>\r\n</html>\r\n"
     ).encode()
 
 

@@ -78,6 +78,10 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
     let (mut parts, body) = req.into_parts();
+    if parts.method == http::Method::TRACE {
+        // nginx refuses TRACE before any phase runs ("client sent TRACE method").
+        return Ok(html_error(StatusCode::METHOD_NOT_ALLOWED));
+    }
     let mut body = RequestBody::new(body);
     let (routed, request, limits) = {
         let view = match RequestView::new(&parts, conn.peer, conn.local, &state.trusted) {
@@ -856,11 +860,17 @@ pub fn json_error(status: StatusCode, msg: &str) -> Response<ResponseBody> {
 
 /// nginx-style error page, as APISIX answers proxy failures.
 pub fn html_error(status: StatusCode) -> Response<ResponseBody> {
-    let reason = match status {
-        // nginx's wording where it differs from the registry's.
-        StatusCode::SERVICE_UNAVAILABLE => "Service Temporarily Unavailable",
-        StatusCode::PAYLOAD_TOO_LARGE => "Request Entity Too Large",
-        s => s.canonical_reason().unwrap_or(""),
+    let reason = match status.as_u16() {
+        // nginx's wording (ngx_http_special_response.c) where it differs from the registry's.
+        401 => "Authorization Required",
+        405 => "Not Allowed",
+        408 => "Request Time-out",
+        413 => "Request Entity Too Large",
+        414 => "Request-URI Too Large",
+        416 => "Requested Range Not Satisfiable",
+        503 => "Service Temporarily Unavailable",
+        504 => "Gateway Time-out",
+        _ => status.canonical_reason().unwrap_or(""),
     };
     let line = format!("{} {reason}", status.as_u16());
     let body = format!(

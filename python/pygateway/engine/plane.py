@@ -585,6 +585,9 @@ class PythonDataPlane:
         )
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.method == "TRACE":
+            # nginx refuses TRACE before any phase runs ("client sent TRACE method").
+            return await self._send(request, html_error(405), None)
         try:
             info = self._info(request)
         except BadRequest as err:

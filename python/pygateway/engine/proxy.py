@@ -11,11 +11,11 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
-from http import HTTPStatus
 
 from aiohttp import StreamReader
 
-from .. import __version__
+from .._version import __version__
+from ..pipeline import nginx_page
 from .request import RequestInfo
 from .upstream import (
     ClosedEarly,
@@ -111,17 +111,7 @@ def json_error(status: int, message: str) -> Reply:
 
 def html_error(status: int) -> Reply:
     """nginx-style error page, as APISIX answers proxy failures."""
-    try:
-        reason = HTTPStatus(status).phrase
-    except ValueError:
-        reason = ""
-    line = f"{status} {reason}"
-    body = (
-        f"<html>\r\n<head><title>{line}</title></head>\r\n<body>\r\n"
-        f"<center><h1>{line}</h1></center>\r\n<hr><center>{SERVER}</center>\r\n"
-        "</body>\r\n</html>\r\n"
-    ).encode()
-    return full(status, [("content-type", "text/html"), ("server", SERVER)], body)
+    return full(status, [("content-type", "text/html"), ("server", SERVER)], nginx_page(status))
 
 
 def plugin_reply(status: int, headers: list[tuple[str, str]], body: bytes) -> Reply:
