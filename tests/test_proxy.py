@@ -186,6 +186,24 @@ def test_read_timeout_is_504(gateway, blackhole):
     assert r.headers["content-type"] == "text/html"
 
 
+def test_no_upstream_or_no_node_is_503_as_apisix(gateway):
+    # APISIX: "missing upstream configuration in Route or Service" and "no valid upstream
+    # node" both end in core.response.exit(503).
+    gw = gateway(
+        {
+            "routes": [
+                {"id": "bare", "uri": "/bare", "plugins": {}},
+                {"id": "empty", "uri": "/empty", "upstream": {"nodes": {}}},
+                {"id": "empty-list", "uri": "/empty-list", "upstream": {"nodes": []}},
+            ]
+        }
+    )
+    for path in ("/bare", "/empty", "/empty-list"):
+        r = request(gw.url, path)
+        assert r.status == 503, (path, r.status)
+        assert b"503 Service Temporarily Unavailable" in r.body
+
+
 def test_trace_is_refused_with_405_before_routing(gateway, origin):
     # nginx answers TRACE itself ("client sent TRACE method"); nothing reaches the upstream.
     gw = gateway({"routes": [route("/*", origin.addr)]})

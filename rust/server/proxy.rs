@@ -431,17 +431,24 @@ impl Forward {
         mut body: RequestBody,
         changes: Option<Changes>,
     ) -> Response<ResponseBody> {
-        let Some(upstream) = self.route.upstream.as_ref().and_then(|s| s.load_full()) else {
-            log::warn!("route {}: no upstream", self.route.id);
+        // As APISIX: an upstream_id that names nothing is 502, a route without any upstream
+        // 503 ("missing upstream configuration in Route or Service").
+        let Some(slot) = self.route.upstream.as_ref() else {
+            log::warn!("route {}: no upstream configured", self.route.id);
+            return html_error(StatusCode::SERVICE_UNAVAILABLE);
+        };
+        let Some(upstream) = slot.load_full() else {
+            log::warn!("route {}: its upstream does not exist", self.route.id);
             return html_error(StatusCode::BAD_GATEWAY);
         };
         if upstream.balancer.is_empty() {
+            // APISIX: "no valid upstream node", 503.
             log::warn!(
                 "route {}: upstream {} has no node",
                 self.route.id,
                 upstream.key
             );
-            return html_error(StatusCode::BAD_GATEWAY);
+            return html_error(StatusCode::SERVICE_UNAVAILABLE);
         }
         let timeouts = self.route.timeout.or(upstream.timeouts).unwrap_or_default();
         prepare_upstream_head(&mut parts, &self, conn, state);

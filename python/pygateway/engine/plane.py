@@ -603,7 +603,7 @@ class PythonDataPlane:
         client_host = info.header("host")
         if client_host is None:
             client_host, _ = split_target(request.raw_path)
-        fwd = Forward(route.id, upstream, route.timeout, client_host, client_host)
+        fwd = Forward(route.id, upstream, route.timeout, client_host, client_host, route.upstream)
         body = (
             RequestBody(request.content, _expect_continue(request))
             if request.body_exists

@@ -302,6 +302,8 @@ class Forward:
     """The Host the client sent (or the plugins' ``ctx.host``); used by ``pass_host: pass``."""
     forwarded_host: str | None = None
     """``X-Forwarded-Host``: the client's Host, whatever plugins do (APISIX)."""
+    upstream_key: str | None = None
+    """The upstream the route names (None: it names none)."""
 
 
 _DROPPED = HOP_BY_HOP | {"proxy-authorization", "expect"}
@@ -394,11 +396,14 @@ async def forward(
     """Send the request to a node of its upstream (retrying as nginx does); the reply."""
     up = fwd.upstream
     if up is None:
-        log.warning("route %s: no upstream", fwd.route_id)
-        return html_error(502)
+        # As APISIX: an upstream_id that names nothing is 502, a route without any upstream
+        # 503 ("missing upstream configuration in Route or Service").
+        log.warning("route %s: no upstream %s", fwd.route_id, fwd.upstream_key or "configured")
+        return html_error(502 if fwd.upstream_key else 503)
     if up.balancer.is_empty():
+        # APISIX: "no valid upstream node", 503.
         log.warning("route %s: upstream %s has no node", fwd.route_id, up.key)
-        return html_error(502)
+        return html_error(503)
     timeouts = fwd.timeout or up.timeouts or _DEFAULT_TIMEOUTS
     # Framing follows the client's own request, whatever plugins do to headers.
     chunked = body.exists and info.header("content-length") is None
