@@ -261,9 +261,29 @@ def test_retry_moves_to_next_node(gateway, origin):
     dead = f"127.0.0.1:{free_port()}"
     gw = gateway({"routes": [route("/*", dead, origin.addr)]})
     for _ in range(6):
-        assert request(gw.url, "/").status == 200, (
-            "default retries (nodes-1) must reach the live node"
-        )
+        r = request(gw.url, "/")
+        assert r.status == 200, "default retries (nodes-1) must reach the live node"
+        assert "x-apisix-upstream-status" not in r.headers, "a retry that succeeded shows none"
+
+
+def test_upstream_status_header_lists_every_failed_try(gateway, blackhole):
+    # APISIX sets X-APISIX-Upstream-Status to nginx's $upstream_status when the last try is
+    # a 5xx, the gateway's own 502/504 included (t/node/upstream-status-5xx.t).
+    dead = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    up = {"nodes": {d: 1 for d in dead}, "retries": 2}
+    slow = {"nodes": {blackhole.addr: 1}, "timeout": {"connect": 1, "send": 1, "read": 0.3}}
+    gw = gateway(
+        {
+            "routes": [
+                {"uri": "/dead", "upstream": up},
+                {"uri": "/slow", "upstream": slow},
+            ]
+        }
+    )
+    r = request(gw.url, "/dead")
+    assert (r.status, r.headers.get("x-apisix-upstream-status")) == (502, "502, 502, 502")
+    r = request(gw.url, "/slow")
+    assert (r.status, r.headers.get("x-apisix-upstream-status")) == (504, "504")
 
 
 def test_retries_zero_disables_retry(gateway, origin):

@@ -465,6 +465,8 @@ impl Forward {
         let deadline = upstream.retry_timeout.map(|t| Instant::now() + t);
         let mut tried: Vec<usize> = Vec::new();
         let mut last = Failure::Bad("no node tried".into());
+        // nginx's $upstream_status: one status per try, what X-APISIX-Upstream-Status shows.
+        let mut statuses: Vec<u16> = Vec::new();
         while let Some(idx) = upstream.balancer.pick(&tried) {
             tried.push(idx);
             let node = &upstream.nodes[idx];
@@ -476,7 +478,7 @@ impl Forward {
                 chunked,
             };
             match exchange(node, &req, &mut body, &timeouts).await {
-                Ok((head, conn)) => return respond(head, conn, node, &timeouts),
+                Ok((head, conn)) => return respond(head, conn, node, &timeouts, &statuses),
                 Err(failure) => {
                     log::warn!(
                         "route {}: upstream {} node {}:{}: {}",
@@ -487,6 +489,7 @@ impl Forward {
                         failure.message()
                     );
                     let spent = !failure.retryable();
+                    statuses.push(failure.status().as_u16());
                     last = failure;
                     let tries_left = tried.len() <= upstream.retries as usize;
                     if spent || !tries_left {
@@ -500,8 +503,25 @@ impl Forward {
                 }
             }
         }
-        html_error(last.status())
+        let mut page = html_error(last.status());
+        if let Some(v) = upstream_status(&statuses, None) {
+            page.headers_mut().insert(UPSTREAM_STATUS, v);
+        }
+        page
     }
+}
+
+const UPSTREAM_STATUS: HeaderName = HeaderName::from_static("x-apisix-upstream-status");
+
+/// `X-APISIX-Upstream-Status` as APISIX sets it: nginx's `$upstream_status` (every try,
+/// `"502, 502, 503"`) when the last one is a 5xx, else nothing.
+fn upstream_status(failed: &[u16], last: Option<u16>) -> Option<HeaderValue> {
+    let all: Vec<u16> = failed.iter().copied().chain(last).collect();
+    if !(500..600).contains(all.last()?) {
+        return None;
+    }
+    let text: Vec<String> = all.iter().map(u16::to_string).collect();
+    HeaderValue::from_str(&text.join(", ")).ok()
 }
 
 /// The request head as it goes upstream.
@@ -681,6 +701,7 @@ fn respond(
     conn: Conn,
     node: &Node,
     timeouts: &Timeouts,
+    failed: &[u16],
 ) -> Response<ResponseBody> {
     let mut headers = head.headers;
     strip_hop_by_hop(&mut headers);
@@ -697,11 +718,8 @@ fn respond(
     }
     let status = head.status;
     headers.insert(header::SERVER, HeaderValue::from_static(SERVER));
-    if status.is_server_error() {
-        headers.insert(
-            HeaderName::from_static("x-apisix-upstream-status"),
-            HeaderValue::from(status.as_u16()),
-        );
+    if let Some(v) = upstream_status(failed, Some(status.as_u16())) {
+        headers.insert(UPSTREAM_STATUS, v);
     }
     let reader = BodyReader::new(conn.conn, head.framing, head.reusable);
     let body = UpstreamBody::new(
@@ -902,6 +920,21 @@ fn bad_request(e: BadRequest) -> Response<ResponseBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_status_lists_every_try_when_the_last_is_a_5xx() {
+        let v = |f: &[u16], l| upstream_status(f, l).map(|h| h.to_str().unwrap().to_owned());
+        assert_eq!(v(&[502, 502, 502], None).as_deref(), Some("502, 502, 502"));
+        assert_eq!(v(&[502], Some(503)).as_deref(), Some("502, 503"));
+        assert_eq!(v(&[], Some(500)).as_deref(), Some("500"));
+        assert_eq!(
+            v(&[502], Some(200)),
+            None,
+            "a retry that succeeded shows nothing"
+        );
+        assert_eq!(v(&[], Some(404)), None);
+        assert_eq!(v(&[], None), None);
+    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_are_removed() {

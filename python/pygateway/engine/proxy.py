@@ -421,6 +421,7 @@ async def forward(
     deadline = time.monotonic() + up.retry_timeout if up.retry_timeout else None
     tried: list[int] = []
     last = Failure(502, "no node tried", True)
+    statuses: list[int] = []  # nginx's $upstream_status: one per try
     while True:
         idx = up.balancer.pick(tried)
         if idx is None:
@@ -440,6 +441,7 @@ async def forward(
                 failure,
             )
             last = failure
+            statuses.append(failure.status)
             if not failure.retryable or len(tried) > up.retries:
                 break
             if deadline is not None and time.monotonic() >= deadline:
@@ -447,8 +449,20 @@ async def forward(
                 last = Failure(502, "proxy retry timeout", False)
                 break
             continue
-        return _respond(head, conn, node, timeouts)
-    return html_error(last.status)
+        return _respond(head, conn, node, timeouts, statuses)
+    page = html_error(last.status)
+    shown = _upstream_status(statuses)
+    if shown is not None:
+        page.headers.append(("x-apisix-upstream-status", shown))
+    return page
+
+
+def _upstream_status(statuses: list[int]) -> str | None:
+    """``X-APISIX-Upstream-Status`` as APISIX sets it: nginx's ``$upstream_status`` (every
+    try, ``"502, 502, 503"``) when the last one is a 5xx, else None."""
+    if not statuses or not 500 <= statuses[-1] < 600:
+        return None
+    return ", ".join(map(str, statuses))
 
 
 async def _exchange(
@@ -533,7 +547,9 @@ def _head(
     return "\r\n".join(lines).encode("latin-1", "replace")
 
 
-def _respond(head: ResponseHead, conn: UpstreamConn, node: Node, timeouts: Timeouts) -> Reply:
+def _respond(
+    head: ResponseHead, conn: UpstreamConn, node: Node, timeouts: Timeouts, failed: list[int]
+) -> Reply:
     framing = head.framing
     length: int | None = None
     if framing == "empty":
@@ -552,8 +568,9 @@ def _respond(head: ResponseHead, conn: UpstreamConn, node: Node, timeouts: Timeo
             length = head.length
             headers.append(("content-length", str(length)))
     headers.append(("server", SERVER))
-    if head.status >= 500:
-        headers.append(("x-apisix-upstream-status", str(head.status)))
+    shown = _upstream_status([*failed, head.status])
+    if shown is not None:
+        headers.append(("x-apisix-upstream-status", shown))
     conn.served += 1
     if framing == "empty":
         _release(conn, node, head.reusable)
