@@ -110,6 +110,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         self.send_header("X-Origin", origin.name)
         self.send_header("Keep-Alive", "timeout=5")
+        if path == "/accel":  # headers nginx keeps for itself, and one it relays
+            self.send_header("X-Accel-Buffering", "no")
+            self.send_header("X-Accel-Redirect", "/internal")
+            self.send_header("X-Pad", "avoid browser bug")
+            self.send_header("X-Accel-Custom", "relayed")
         if path == "/close":
             self.send_header("Connection", "close")
             self.close_connection = True

@@ -204,6 +204,16 @@ def test_no_upstream_or_no_node_is_503_as_apisix(gateway):
         assert b"503 Service Temporarily Unavailable" in r.body
 
 
+def test_nginx_only_response_headers_are_not_relayed(gateway, origin):
+    # nginx's default proxy_hide_header: X-Pad and X-Accel-{Expires,Redirect,Limit-Rate,
+    # Buffering,Charset}; other X-Accel-* names pass.
+    gw = gateway({"routes": [route("/*", origin.addr)]})
+    h = request(gw.url, "/accel").headers
+    for name in ("x-accel-buffering", "x-accel-redirect", "x-pad"):
+        assert name not in h, name
+    assert h["x-accel-custom"] == "relayed"
+
+
 def test_trace_is_refused_with_405_before_routing(gateway, origin):
     # nginx answers TRACE itself ("client sent TRACE method"); nothing reaches the upstream.
     gw = gateway({"routes": [route("/*", origin.addr)]})

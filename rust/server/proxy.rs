@@ -705,6 +705,7 @@ fn respond(
 ) -> Response<ResponseBody> {
     let mut headers = head.headers;
     strip_hop_by_hop(&mut headers);
+    strip_nginx_hidden(&mut headers);
     match head.framing {
         // The length (if any) is not what the body will be: the client gets chunked.
         Framing::Chunked | Framing::Close => {
@@ -772,6 +773,30 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     for n in &HOP_BY_HOP {
+        headers.remove(n);
+    }
+}
+
+/// What nginx's `proxy_hide_header` hides from upstream responses by default: `X-Pad` and
+/// the `X-Accel-*` controls meant for nginx itself (APISIX relays neither).
+const NGINX_HIDDEN: [&str; 6] = [
+    "x-pad",
+    "x-accel-expires",
+    "x-accel-redirect",
+    "x-accel-limit-rate",
+    "x-accel-buffering",
+    "x-accel-charset",
+];
+
+fn strip_nginx_hidden(headers: &mut HeaderMap) {
+    // Almost no response carries one: a scan of the names before any removal.
+    if !headers.keys().any(|k| {
+        let n = k.as_str();
+        n.starts_with("x-accel-") || n == "x-pad"
+    }) {
+        return;
+    }
+    for n in NGINX_HIDDEN {
         headers.remove(n);
     }
 }

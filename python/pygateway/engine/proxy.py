@@ -65,7 +65,19 @@ FRAMING = frozenset(
 )
 """Headers the gateway owns: plugins cannot set or remove them (smuggling)."""
 
-_NOT_RELAYED = HOP_BY_HOP | {"server"}
+_NGINX_HIDDEN = frozenset(
+    {
+        "x-pad",
+        "x-accel-expires",
+        "x-accel-redirect",
+        "x-accel-limit-rate",
+        "x-accel-buffering",
+        "x-accel-charset",
+    }
+)
+"""What nginx's ``proxy_hide_header`` hides from upstream responses by default (APISIX relays
+none of them): ``X-Pad`` and the ``X-Accel-*`` controls meant for nginx itself."""
+_NOT_RELAYED = HOP_BY_HOP | {"server"} | _NGINX_HIDDEN
 _NOT_RELAYED_FRAMED = _NOT_RELAYED | {"content-length"}
 _DEFAULT_TIMEOUTS = Timeouts()
 
