@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import socket
 import threading
 import time
@@ -152,6 +153,23 @@ def test_request_body_streams_without_buffering(gateway, origin):
     got = json.loads(echo)
     assert got["headers"].get("transfer-encoding") == "chunked", "body was buffered into a length"
     assert got["body"].encode("latin-1") == big
+
+
+def test_a_small_chunked_body_reaches_the_upstream_with_a_length(gateway, origin):
+    # nginx (proxy_request_buffering on, APISIX's default) reads a chunked body whole and
+    # sends a Content-Length: upstreams that cannot read chunked requests keep working.
+    gw = gateway({"routes": [route("/*", origin.addr)]})
+    pieces = [b"a" * 10000, b"b" * 10000, b"c" * 7]
+    host, _, port = gw.addresses[0].rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("POST", "/echo", body=iter(pieces), encode_chunked=True)
+    r = conn.getresponse()
+    got = json.loads(r.read())
+    conn.close()
+    assert r.status == 200
+    assert "transfer-encoding" not in got["headers"]
+    assert got["headers"]["content-length"] == "20007"
+    assert got["body"].encode("latin-1") == b"".join(pieces)
 
 
 def test_upstream_connections_are_reused(gateway, origin):

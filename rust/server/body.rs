@@ -23,6 +23,10 @@ use tokio::sync::oneshot;
 /// Boxed error for body streams.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
+/// [`RequestBody::buffer`]'s error when the client stopped sending (nginx's
+/// `client_body_timeout`: 408); any other error is a broken body (400).
+pub const STALLED: &str = "client stopped sending its body";
+
 /// The client's request body on its way upstream.
 pub enum RequestBody {
     /// No body.
@@ -71,7 +75,7 @@ impl RequestBody {
         let mut buf = bytes::BytesMut::from(&read[..]);
         loop {
             let frame = match tokio::time::timeout(stall, incoming.frame()).await {
-                Err(_) => return Err("client stopped sending its body".into()),
+                Err(_) => return Err(STALLED.into()),
                 Ok(None) => break,
                 Ok(Some(f)) => f.map_err(|e| format!("client body: {e}"))?,
             };

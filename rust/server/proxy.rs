@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 
 use http_body_util::BodyExt;
 
-use super::body::{PoolReturn, RequestBody, ResponseBody, UpstreamBody};
+use super::body::{PoolReturn, RequestBody, ResponseBody, UpstreamBody, STALLED};
 use super::plugins;
 use super::request::{BadRequest, RequestView};
 use super::State;
@@ -453,7 +453,33 @@ impl Forward {
         let timeouts = self.route.timeout.or(upstream.timeouts).unwrap_or_default();
         prepare_upstream_head(&mut parts, &self, conn, state);
         // Framing follows the client's own request, whatever plugins do to headers.
-        let chunked = body.is_some() && !parts.headers.contains_key(header::CONTENT_LENGTH);
+        let mut chunked = body.is_some() && !parts.headers.contains_key(header::CONTENT_LENGTH);
+        if chunked {
+            // nginx (`proxy_request_buffering on`, APISIX's default) reads a chunked body
+            // whole and sends it with a length; up to CHUNKED_BUFFER_LIMIT here, and a
+            // larger one streams on chunked.
+            match body.buffer(CHUNKED_BUFFER_LIMIT, secs(timeouts.read)).await {
+                Ok(Some(whole)) => {
+                    parts
+                        .headers
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(whole.len()));
+                    chunked = false;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    log::info!("route {}: {e}", self.route.id);
+                    let status = if e == STALLED {
+                        StatusCode::REQUEST_TIMEOUT
+                    } else {
+                        StatusCode::BAD_REQUEST
+                    };
+                    let mut page = html_error(status);
+                    page.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    return page;
+                }
+            }
+        }
         if let Some(c) = &changes {
             plugins::apply_headers(&mut parts.headers, c);
         }
@@ -740,6 +766,10 @@ fn respond(
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.001))
 }
+
+/// The largest chunked client body read whole to be sent with a `Content-Length`, as nginx
+/// sends every body (it spools larger ones to disk; a larger one streams on chunked here).
+pub const CHUNKED_BUFFER_LIMIT: usize = 1 << 20;
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [

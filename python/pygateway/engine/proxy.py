@@ -65,6 +65,10 @@ FRAMING = frozenset(
 )
 """Headers the gateway owns: plugins cannot set or remove them (smuggling)."""
 
+CHUNKED_BUFFER_LIMIT = 1 << 20
+"""The largest chunked client body read whole to be sent with a ``Content-Length``, as nginx
+sends every body (it spools larger ones to disk; a larger one streams on chunked here)."""
+
 _NGINX_HIDDEN = frozenset(
     {
         "x-pad",
@@ -420,6 +424,20 @@ async def forward(
     # Framing follows the client's own request, whatever plugins do to headers.
     chunked = body.exists and info.header("content-length") is None
     items = prepare_head(info, fwd)
+    if chunked:
+        # nginx (`proxy_request_buffering on`, APISIX's default) reads a chunked body whole
+        # and sends it with a length; up to CHUNKED_BUFFER_LIMIT here, and a larger one
+        # streams on chunked.
+        try:
+            await body.prefetch(CHUNKED_BUFFER_LIMIT, timeouts.read)
+        except ClientBodyError as err:
+            log.info("route %s: %s", fwd.route_id, err)
+            page = html_error(err.status)
+            page.headers.append(("connection", "close"))
+            return page
+        if body.buffered is not None:
+            items.append(("content-length", str(len(body.buffered))))
+            chunked = False
     method = info.method
     target = info.request_uri
     if changes is not None:
