@@ -882,11 +882,17 @@ fn prepare_upstream_head(parts: &mut Parts, fwd: &Forward, conn: &ConnInfo, stat
         }
     }
     if !keep(headers, "x-forwarded-port") {
-        let port = fwd
+        let port = match fwd
             .forwarded_host
             .as_ref()
             .and_then(|h| host_port(h.as_bytes()))
-            .unwrap_or_else(|| conn.local_port.clone());
+        {
+            // Usually the listener's own port: its shared value, no allocation.
+            Some(p) if p != conn.local_port.as_bytes() => {
+                HeaderValue::from_bytes(p).unwrap_or_else(|_| conn.local_port.clone())
+            }
+            _ => conn.local_port.clone(),
+        };
         headers.insert(HeaderName::from_static("x-forwarded-port"), port);
     }
     // RFC 7239's header carries the same claims: only a trusted peer's reaches the upstream
@@ -898,13 +904,10 @@ fn prepare_upstream_head(parts: &mut Parts, fwd: &Forward, conn: &ConnInfo, stat
 
 /// The port at the end of a Host header (`name:8443`, `[::1]:8443`), as APISIX's
 /// `X-Forwarded-Port` takes it before falling back to the listener's port.
-fn host_port(host: &[u8]) -> Option<HeaderValue> {
+fn host_port(host: &[u8]) -> Option<&[u8]> {
     let colon = host.iter().rposition(|&b| b == b':')?;
     let digits = &host[colon + 1..];
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    HeaderValue::from_bytes(digits).ok()
+    (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit)).then_some(digits)
 }
 
 fn set_upstream_host(
@@ -975,6 +978,15 @@ fn bad_request(e: BadRequest) -> Response<ResponseBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_port_is_the_trailing_digits_of_the_host_header() {
+        assert_eq!(host_port(b"example.com:8443"), Some(&b"8443"[..]));
+        assert_eq!(host_port(b"[::1]:80"), Some(&b"80"[..]));
+        assert_eq!(host_port(b"[::1]"), None);
+        assert_eq!(host_port(b"example.com"), None);
+        assert_eq!(host_port(b"example.com:"), None);
+    }
 
     #[test]
     fn upstream_status_lists_every_try_when_the_last_is_a_5xx() {
