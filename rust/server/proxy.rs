@@ -542,11 +542,13 @@ const UPSTREAM_STATUS: HeaderName = HeaderName::from_static("x-apisix-upstream-s
 /// `X-APISIX-Upstream-Status` as APISIX sets it: nginx's `$upstream_status` (every try,
 /// `"502, 502, 503"`) when the last one is a 5xx, else nothing.
 fn upstream_status(failed: &[u16], last: Option<u16>) -> Option<HeaderValue> {
-    let all: Vec<u16> = failed.iter().copied().chain(last).collect();
-    if !(500..600).contains(all.last()?) {
+    // Checked before anything is built: the common response (no failed try, not a 5xx)
+    // allocates nothing.
+    let final_status = last.or_else(|| failed.last().copied())?;
+    if !(500..600).contains(&final_status) {
         return None;
     }
-    let text: Vec<String> = all.iter().map(u16::to_string).collect();
+    let text: Vec<String> = failed.iter().chain(&last).map(u16::to_string).collect();
     HeaderValue::from_str(&text.join(", ")).ok()
 }
 

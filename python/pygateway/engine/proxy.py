@@ -598,9 +598,10 @@ def _respond(
             length = head.length
             headers.append(("content-length", str(length)))
     headers.append(("server", SERVER))
-    shown = _upstream_status([*failed, head.status])
-    if shown is not None:
-        headers.append(("x-apisix-upstream-status", shown))
+    if head.status >= 500:
+        shown = _upstream_status([*failed, head.status])
+        if shown is not None:
+            headers.append(("x-apisix-upstream-status", shown))
     conn.served += 1
     if framing == "empty":
         _release(conn, node, head.reusable)
