@@ -184,6 +184,24 @@ def test_patch_merges_null_deletes_arrays_replace(admin: Admin) -> None:
     assert value["create_time"] == before["create_time"]
 
 
+def test_patch_with_an_empty_object_replaces_instead_of_merging(admin: Admin) -> None:
+    # APISIX: LuaJIT's isarray({}) is true, so an empty object replaces the old value.
+    plugins = {"request-id": {}, "limit-count": {"count": 5, "time_window": 60}}
+    admin.put("/routes/1", {**ROUTE, "plugins": plugins, "labels": {"a": "1"}})
+    r = admin.patch("/routes/1", {"plugins": {}, "labels": {"b": "2"}})
+    assert r.status == 200, r.body
+    value = r.json()["value"]
+    assert value["plugins"] == {} and value["labels"] == {"a": "1", "b": "2"}
+    # one level down: that plugin's conf is replaced by {} (then checked: count is required)
+    admin.put("/routes/1", {**ROUTE, "plugins": plugins})
+    r = admin.patch("/routes/1", {"plugins": {"limit-count": {}}})
+    assert r.status == 400 and "limit-count" in error(r), r.body
+    r = admin.patch("/routes/1", {"plugins": {"request-id": {}}})
+    assert r.status == 200 and r.json()["value"]["plugins"] == plugins
+    # an empty body changes nothing but update_time
+    assert admin.patch("/routes/1", {}).json()["value"]["plugins"] == plugins
+
+
 def test_patch_of_a_sub_path_replaces_that_attribute(admin: Admin) -> None:
     admin.put("/routes/1", ROUTE)
     r = admin.patch("/routes/1/upstream/nodes", {"127.0.0.1:1981": 2})

@@ -74,6 +74,9 @@ def test_upstream_service_and_consumer_credentials_reach_the_data_plane(
     assert request(gw.url, "/auth", headers={"apikey": "other"}).status == 401
     admin.delete("/consumers/jack/credentials/c1")
     wait_for(lambda: request(gw.url, "/auth", headers={"apikey": "ck"}).status == 401)
+    # PATCH {"plugins": {}} removes every plugin (APISIX's merge replaces with an empty object)
+    assert admin.patch("/services/s1", {"plugins": {}}).status == 200
+    wait_for(lambda: request(gw.url, "/auth").status == 200)
 
 
 def test_route_changes_every_100ms_fail_no_request(

@@ -93,13 +93,19 @@ def _error(status: int, message: str) -> Reply:
 
 
 def _merge(old: Any, patch: Any) -> Any:
-    """APISIX's PATCH merge: objects merge recursively, ``null`` deletes, the rest replaces."""
+    """APISIX's PATCH merge: objects merge recursively, ``null`` deletes, the rest replaces.
+
+    An empty object replaces what it patches (``{"plugins": {}}`` removes every plugin):
+    APISIX's ``core.table.merge`` replaces a value when either side ``isarray``, and
+    LuaJIT's ``table.isarray`` holds for an empty table."""
     if not isinstance(old, dict) or not isinstance(patch, dict):
         return json_copy(patch)
     merged = dict(old)
     for key, value in patch.items():
         if value is None:
             merged.pop(key, None)
+        elif value == {}:
+            merged[key] = {}
         else:
             merged[key] = _merge(old.get(key), value)
     return merged
