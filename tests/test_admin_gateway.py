@@ -61,6 +61,17 @@ def test_a_write_is_served_by_the_data_plane_within_a_second(
     wait_for(lambda: request(gw.url, "/renamed").status == 404)
 
 
+def test_an_embedded_store_write_is_served_once_answered(
+    admin_gateway: Any, origin: Origin, engine: str
+) -> None:
+    # The Admin API publishes its own write before answering: no wait, no retry.
+    gw, admin = admin_gateway(engine=engine)
+    for k in range(20):
+        assert admin.put("/routes/1", route(f"/now{k}", origin.addr)).status in (200, 201)
+        assert request(gw.url, f"/now{k}").status == 200, k
+        assert request(gw.url, f"/now{k - 1}").status == 404, k
+
+
 def test_upstream_service_and_consumer_credentials_reach_the_data_plane(
     admin_gateway: Any, origin: Origin
 ) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -53,7 +54,8 @@ DEFAULT_STORE = "pygateway-store.jsonl"
 """The embedded store file of a node with the Admin API and no other source (in the cwd)."""
 
 COALESCE = 0.01
-"""Seconds a store change waits for the rest of its burst before the config is rebuilt."""
+"""Seconds a store change that needs a full rebuild waits for the rest of its burst (route
+and upstream writes are published at once, on their own)."""
 
 __all__ = ["COALESCE", "DEFAULT_CONFIG", "DEFAULT_STORE", "WATCH_INTERVAL", "Gateway"]
 
@@ -120,6 +122,7 @@ class Gateway:
         self._pending = False
         self._changed: set[str] | None = set()
         """Store keys changed since the last publication; None: rebuild everything."""
+        self._writer = threading.local()  # .active: this thread publishes its own writes
         self._publisher: threading.Thread | None = None
         self.addresses: list[str] = []
         """``HOST:PORT`` of each listener while running."""
@@ -238,6 +241,7 @@ class Gateway:
             enabled=self.node.plugins,
             reload_plugins=self.reload_plugins,
             vouch=self._builder.vouch,
+            write_scope=self._publishing_here,
         )
         server = AdminServer(api, settings)
         try:
@@ -374,7 +378,8 @@ class Gateway:
             else:
                 self._changed.update(c.key for c in changes)
             self._pending = True
-            self._dirty.notify()
+            if not getattr(self._writer, "active", False):
+                self._dirty.notify()
 
     def _build(self) -> Config:
         assert self.store is not None
@@ -386,6 +391,28 @@ class Gateway:
         with self._lock:
             self._publish(self._build(), force)
 
+    @contextlib.contextmanager
+    def _publishing_here(self) -> Iterator[None]:
+        """Around an Admin API write: what the store announces from this thread is published
+        by this thread as the block exits, not by the publisher thread. The answer then
+        goes out once the data plane has the change, and a write wakes one thread, not
+        three (on a node sharing two CPUs with its traffic, each wake-up is a chance to
+        preempt a worker). While another thread builds (the lock is taken), the publisher
+        thread is woken instead: a write never waits on a build that may wait on it."""
+        self._writer.active = True
+        try:
+            yield
+        finally:
+            self._writer.active = False
+            if self._lock.acquire(blocking=False):
+                try:
+                    self._publish_pending()
+                finally:
+                    self._lock.release()
+            else:  # a build is under way on another thread: the publisher takes it from here
+                with self._dirty:
+                    self._dirty.notify()
+
     def _follow(self) -> None:
         while True:
             with self._dirty:
@@ -393,17 +420,29 @@ class Gateway:
                     self._dirty.wait()
                 if self._stop.is_set():
                     return
-            time.sleep(COALESCE)
+            self._publish_pending(COALESCE)
+
+    def _publish_pending(self, coalesce: float = 0.0) -> None:
+        """Publish what the store announced since the last time: the changed routes and
+        upstreams alone when possible, else a full rebuild (after ``coalesce`` seconds, for
+        the rest of a burst to arrive)."""
+        with self._dirty:
+            if not self._pending:
+                return
+            self._pending = False
+            changed, self._changed = self._changed, set()
+        try:
+            if changed is not None and self._publish_partial(changed):
+                return
+            if coalesce:
+                time.sleep(coalesce)
+                with self._dirty:  # what arrives from here on is in the build or in the next
+                    self._pending, self._changed = False, set()
+            self._rebuild()
+        except Exception:
+            log.exception("the store's config could not be applied")
             with self._dirty:
-                self._pending = False
-                changed, self._changed = self._changed, set()
-            try:
-                if changed is None or not self._publish_partial(changed):
-                    self._rebuild()
-            except Exception:
-                log.exception("the store's config could not be applied")
-                with self._dirty:
-                    self._changed = None  # what failed is retried with everything next time
+                self._changed = None  # what failed is retried with everything next time
 
     def _load_demo(self, demo_address: str | None) -> Config:
         assert demo_address is not None, "the data plane was created without a demo origin"

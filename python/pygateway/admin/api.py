@@ -8,6 +8,7 @@ follow APISIX's ``apisix/admin/*.lua`` (see ``docs/admin.md`` for the difference
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import threading
@@ -141,7 +142,9 @@ class AdminApi:
     """The resources of the Admin API over ``store``.
 
     ``catalog`` checks plugin confs (the gateway's plugins); ``registry`` answers
-    ``/plugins``; ``reload_plugins`` is ``PUT /plugins/reload``.
+    ``/plugins``; ``reload_plugins`` is ``PUT /plugins/reload``. ``write_scope`` is entered
+    around each write (the gateway publishes what the write changed as it exits, before the
+    answer goes out).
     """
 
     def __init__(
@@ -153,6 +156,7 @@ class AdminApi:
         enabled: list[str] | None = None,
         reload_plugins: Callable[[], None] | None = None,
         vouch: Callable[[Entry, dict[str, Any]], None] | None = None,
+        write_scope: Callable[[], contextlib.AbstractContextManager[object]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -163,6 +167,7 @@ class AdminApi:
         self.vouch = vouch
         """Told of each write that passed every check without a warning."""
         self.clock = clock
+        self._scope = write_scope or contextlib.nullcontext
         self._write = threading.Lock()
         # Of the write under way (writes are serialised by _write):
         self._warned = False  # its _check found warnings
@@ -204,7 +209,7 @@ class AdminApi:
         try:
             if method == "GET":
                 return self._get(kind, owner, ident, args)
-            with self._write:
+            with self._write, self._scope():
                 self._checked = None
                 if method == "PUT":
                     return self._put(kind, owner, ident, body)
@@ -223,7 +228,7 @@ class AdminApi:
     def configs(self, method: str, headers: Mapping[str, str], raw: bytes) -> Answer:
         """``/apisix/admin/configs`` (GET, HEAD, PUT): see :mod:`.configs`."""
         try:
-            with self._write:  # a GET never mixes two configurations
+            with self._write, self._scope():  # a GET never mixes two configurations
                 return configs(self.store, self.catalog, method, headers, raw)
         except StoreUnavailable as err:
             return error_answer(503, str(err))

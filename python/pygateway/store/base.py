@@ -62,6 +62,9 @@ class Store(abc.ABC):
     """
 
     read_only: bool = False
+    local: bool = True
+    """Whether writes stay on this machine (a file, memory): they never wait on the network,
+    so the Admin API runs them on its event loop instead of handing them to a thread."""
     replaceable: bool = False
     """Whether :meth:`replace` works: the whole config written at once (PUT /configs)."""
     prefix: str = "/apisix"

@@ -173,6 +173,7 @@ class EtcdStore(Store):
     """
 
     watch_timeout: float = WATCH_TIMEOUT
+    local = False
 
     def __init__(
         self,
