@@ -72,6 +72,29 @@ def test_an_embedded_store_write_is_served_once_answered(
         assert request(gw.url, f"/now{k - 1}").status == 404, k
 
 
+def test_keepalive_connections_survive_upstream_changes(
+    admin_gateway: Any, origin: Origin, origin_b: Origin, engine: str
+) -> None:
+    # Pools belong to the node's address (APISIX: scheme#host#port), not to an upstream
+    # version: editing an upstream or re-creating a route reconnects to nothing.
+    gw, admin = admin_gateway(engine=engine)
+    admin.put("/upstreams/u1", {"nodes": {origin.addr: 1}})
+    admin.put("/routes/1", {"uri": "/ka", "upstream_id": "u1"})
+    for _ in range(3):
+        assert request(gw.url, "/ka").status == 200
+    before = set(origin.connections)
+    assert len(before) == 1
+    new_version = {"nodes": {origin.addr: 3, origin_b.addr: 1}, "retries": 1}
+    assert admin.patch("/upstreams/u1", new_version).status == 200
+    assert admin.put("/routes/2", route("/ka2", origin.addr)).status == 201
+    assert admin.delete("/routes/2").status == 200
+    assert admin.put("/routes/2", route("/ka2", origin.addr)).status == 201
+    for _ in range(8):
+        assert request(gw.url, "/ka").status == 200
+        assert request(gw.url, "/ka2").status == 200
+    assert origin.connections == before
+
+
 def test_upstream_service_and_consumer_credentials_reach_the_data_plane(
     admin_gateway: Any, origin: Origin
 ) -> None:

@@ -153,7 +153,7 @@ impl Gateway {
     pub fn apply(&self, changes: ChangeSet) -> Result<(), GatewayError> {
         let mut ups = Vec::with_capacity(changes.upsert_upstreams.len());
         for c in &changes.upsert_upstreams {
-            ups.push(Upstream::build(c).map_err(GatewayError)?);
+            ups.push(Upstream::build(c, &self.state.upstreams.pools).map_err(GatewayError)?);
         }
         let upserts: Vec<(RouteSpec, Arc<RouteEntry>)> = changes
             .upsert_routes

@@ -6,14 +6,14 @@ pub mod pool;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use http::HeaderValue;
 use parking_lot::Mutex;
 
-use crate::config::{CompiledUpstream, PassHost, Timeouts};
+use crate::config::{CompiledUpstream, KeepalivePool, PassHost, Timeouts};
 use balancer::Balancer;
 use pool::Pool;
 
@@ -27,7 +27,7 @@ pub struct Node {
     pub addr: Option<SocketAddr>,
     /// The Host header used with `pass_host: node`.
     pub host_header: HeaderValue,
-    /// Idle connections to this node.
+    /// Idle connections to this node (shared, see [`Pools`]).
     pub pool: Arc<Pool>,
 }
 
@@ -67,8 +67,8 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Builds an upstream; errors name the field.
-    pub fn build(c: &CompiledUpstream) -> Result<Self, String> {
+    /// Builds an upstream, its nodes' pools taken from `pools`; errors name the field.
+    pub fn build(c: &CompiledUpstream, pools: &Pools) -> Result<Self, String> {
         if c.scheme != "http" {
             return Err(format!(
                 "upstream {}: scheme \"{}\" is not supported yet",
@@ -100,7 +100,7 @@ impl Upstream {
                 port: n.port,
                 addr,
                 host_header,
-                pool: Pool::new(c.keepalive_pool),
+                pool: pools.get(host, n.port, c.keepalive_pool),
             });
         }
         let weights: Vec<(u32, i64)> = c.nodes.iter().map(|n| (n.weight, n.priority)).collect();
@@ -137,6 +137,56 @@ impl Upstream {
     }
 }
 
+/// The keep-alive pools of every node, by address and limits: one pool however many upstreams
+/// name a node, and the same pool across config versions. APISIX keys its pools by
+/// `scheme#host#port` per worker, so editing an upstream (a weight, a node added, a retry
+/// count) or re-creating a route keeps the connections to the nodes that stay; a pool built
+/// per upstream version would drop them all and reconnect under load.
+#[derive(Default)]
+pub struct Pools {
+    pools: Mutex<PoolMap>,
+}
+
+/// Host, port, then the limits (`idle_timeout` as bits: a pool is made with its limits).
+type PoolKey = (String, u16, usize, u64, u64);
+
+#[derive(Default)]
+struct PoolMap {
+    live: HashMap<PoolKey, Weak<Pool>>,
+    prune_at: usize,
+}
+
+impl Pools {
+    /// The pool of `host:port` with `limits`, made if no live upstream has it.
+    pub fn get(&self, host: &str, port: u16, limits: KeepalivePool) -> Arc<Pool> {
+        let key = (
+            host.to_owned(),
+            port,
+            limits.size,
+            limits.requests,
+            limits.idle_timeout.to_bits(),
+        );
+        let mut map = self.pools.lock();
+        if let Some(pool) = map.live.get(&key).and_then(Weak::upgrade) {
+            return pool;
+        }
+        let pool = Pool::new(limits);
+        map.live.insert(key, Arc::downgrade(&pool));
+        if map.live.len() >= map.prune_at {
+            // Forget pools no upstream holds any more (amortised: the bound doubles).
+            map.live.retain(|_, w| w.strong_count() > 0);
+            map.prune_at = (map.live.len() * 2).max(64);
+        }
+        pool
+    }
+
+    /// Pools still held by an upstream (tests).
+    pub fn live(&self) -> usize {
+        let map = self.pools.lock();
+        map.live.values().filter(|w| w.strong_count() > 0).count()
+    }
+}
+
 /// A named place a route points at; swapping what it holds updates every route using it.
 pub type UpstreamSlot = ArcSwapOption<Upstream>;
 
@@ -144,6 +194,8 @@ pub type UpstreamSlot = ArcSwapOption<Upstream>;
 #[derive(Default)]
 pub struct Registry {
     slots: Mutex<HashMap<String, Arc<UpstreamSlot>>>,
+    /// The nodes' keep-alive pools, shared by every upstream built for this registry.
+    pub pools: Pools,
 }
 
 impl Registry {
@@ -203,23 +255,56 @@ mod tests {
         }
     }
 
+    fn build(nodes: Vec<(&str, u16, u32)>) -> Upstream {
+        Upstream::build(&compiled(nodes), &Pools::default()).unwrap()
+    }
+
+    #[test]
+    fn pools_are_shared_by_address_and_limits_across_versions() {
+        let pools = Pools::default();
+        let v1 = Upstream::build(
+            &compiled(vec![("127.0.0.1", 1, 1), ("127.0.0.1", 2, 1)]),
+            &pools,
+        )
+        .unwrap();
+        // a new version (weights changed, node 2 gone, node 3 added) keeps node 1's pool
+        let v2 = Upstream::build(
+            &compiled(vec![("127.0.0.1", 1, 5), ("127.0.0.1", 3, 1)]),
+            &pools,
+        )
+        .unwrap();
+        assert!(Arc::ptr_eq(&v1.nodes[0].pool, &v2.nodes[0].pool));
+        assert!(!Arc::ptr_eq(&v1.nodes[1].pool, &v2.nodes[1].pool));
+        // another upstream naming the same node shares it; other limits get their own
+        let mut other = compiled(vec![("127.0.0.1", 1, 1)]);
+        other.key = "routes/9".into();
+        let shared = Upstream::build(&other, &pools).unwrap();
+        assert!(Arc::ptr_eq(&v1.nodes[0].pool, &shared.nodes[0].pool));
+        other.keepalive_pool.size = 7;
+        let sized = Upstream::build(&other, &pools).unwrap();
+        assert!(!Arc::ptr_eq(&v1.nodes[0].pool, &sized.nodes[0].pool));
+        assert_eq!(pools.live(), 4);
+        drop((v1, v2, shared, sized));
+        assert_eq!(pools.live(), 0);
+        let again = Upstream::build(&compiled(vec![("127.0.0.1", 1, 1)]), &pools).unwrap();
+        assert_eq!((pools.live(), again.nodes.len()), (1, 1));
+    }
+
     #[test]
     fn default_retries_is_nodes_minus_one() {
-        let up =
-            Upstream::build(&compiled(vec![("127.0.0.1", 1, 1), ("127.0.0.1", 2, 1)])).unwrap();
+        let up = build(vec![("127.0.0.1", 1, 1), ("127.0.0.1", 2, 1)]);
         assert_eq!(up.retries, 1);
-        let up = Upstream::build(&compiled(vec![("127.0.0.1", 1, 1)])).unwrap();
+        let up = build(vec![("127.0.0.1", 1, 1)]);
         assert_eq!(up.retries, 0);
     }
 
     #[test]
     fn node_host_header_has_port_unless_80() {
-        let up = Upstream::build(&compiled(vec![
+        let up = build(vec![
             ("a.test", 80, 1),
             ("::1", 8080, 1),
             ("[::1]", 8081, 1),
-        ]))
-        .unwrap();
+        ]);
         assert_eq!(up.nodes[0].host_header, "a.test");
         assert_eq!(up.nodes[1].host_header, "[::1]:8080");
         assert_eq!(up.nodes[2].host_header, "[::1]:8081");
@@ -231,7 +316,7 @@ mod tests {
     fn rewrite_without_host_is_an_error() {
         let mut c = compiled(vec![("127.0.0.1", 1, 1)]);
         c.pass_host = PassHost::Rewrite;
-        assert!(Upstream::build(&c).is_err());
+        assert!(Upstream::build(&c, &Pools::default()).is_err());
     }
 
     #[test]
@@ -239,7 +324,7 @@ mod tests {
         let reg = Registry::default();
         let slot = reg.slot("upstreams/1");
         assert!(slot.load().is_none());
-        reg.upsert(Upstream::build(&compiled(vec![("127.0.0.1", 1, 1)])).unwrap());
+        reg.upsert(build(vec![("127.0.0.1", 1, 1)]));
         assert_eq!(slot.load().as_ref().unwrap().nodes[0].port, 1);
         reg.remove("upstreams/1");
         assert!(slot.load().is_none());

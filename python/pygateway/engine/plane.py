@@ -56,7 +56,7 @@ from .request import (
     split_target,
 )
 from .router import Address, IpSet, RouteTable, path_mode
-from .upstream import Timeouts, Upstream
+from .upstream import Pools, Timeouts, Upstream
 
 __all__ = ["EngineError", "PythonDataPlane"]
 
@@ -335,6 +335,7 @@ class PythonDataPlane:
         self.view = PluginView()
         self._routes: RouteTable[RouteEntry] = RouteTable.empty(params)
         self._upstreams: dict[str, Upstream] = {}
+        self._pools = Pools()
         self._apply_lock = threading.Lock()
         self._demo_sock = _bind(demo_origin) if demo_origin is not None else None
         self._demo_addr = _sock_addr(self._demo_sock) if self._demo_sock is not None else None
@@ -391,7 +392,7 @@ class PythonDataPlane:
             raise EngineError(f"invalid change set: unknown field `{sorted(unknown)[0]}`")
         with self._apply_lock:
             try:
-                built = [Upstream(c) for c in cs.get("upsert_upstreams") or []]
+                built = [Upstream(c, self._pools) for c in cs.get("upsert_upstreams") or []]
                 upserts = [(r, self._entry(r)) for r in cs.get("upsert_routes") or []]
                 routes = self._routes.with_changes(upserts, cs.get("delete_routes") or [])
             except (ValueError, KeyError, TypeError) as err:
@@ -508,16 +509,18 @@ class PythonDataPlane:
         await close_redis_clients()
 
     def _close_later(self, old: list[Upstream]) -> None:
-        """Idle connections of replaced upstreams are closed on the loop (it owns them)."""
+        """Idle connections of replaced upstreams are closed on the loop (it owns them),
+        but for the pools that live upstreams share."""
         loop = self._loop
         if not old:
             return
+        keep = {id(n.pool) for up in self._upstreams.values() for n in up.nodes}
         if loop is None or loop.is_closed():
             for up in old:
-                up.close()
+                up.close(keep)
             return
         for up in old:
-            loop.call_soon_threadsafe(up.close)
+            loop.call_soon_threadsafe(up.close, keep)
 
     def _entry(self, r: Mapping[str, Any]) -> RouteEntry:
         return RouteEntry(

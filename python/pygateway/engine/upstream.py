@@ -14,7 +14,8 @@ import math
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+import weakref
+from collections.abc import AsyncIterator, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -507,6 +508,25 @@ class Pool:
         self.idle.clear()
 
 
+class Pools:
+    """The keep-alive pools of every node, by address and limits: one pool however many
+    upstreams name a node, and the same pool across config versions (APISIX keys its pools
+    by ``scheme#host#port``), so an upstream edit keeps the connections to the nodes that
+    stay. A pool lives while an upstream holds it."""
+
+    def __init__(self) -> None:
+        self._pools: weakref.WeakValueDictionary[tuple[str, int, int, float, int], Pool] = (
+            weakref.WeakValueDictionary()
+        )
+
+    def get(self, host: str, port: int, size: int, idle_timeout: float, requests: int) -> Pool:
+        key = (host, port, size, idle_timeout, requests)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = Pool(size, idle_timeout, requests)
+        return pool
+
+
 @dataclass
 class Node:
     """One node of an upstream."""
@@ -592,9 +612,10 @@ def _smooth_schedule(weights: Sequence[int]) -> list[int]:
 
 
 class Upstream:
-    """A live upstream, built once per config change (from a CompiledUpstream)."""
+    """A live upstream, built once per config change (from a CompiledUpstream), its nodes'
+    pools taken from ``pools``."""
 
-    def __init__(self, conf: Mapping[str, Any]) -> None:
+    def __init__(self, conf: Mapping[str, Any], pools: Pools) -> None:
         self.key = str(conf["key"])
         scheme = conf.get("scheme") or "http"
         if scheme != "http":
@@ -616,8 +637,12 @@ class Upstream:
                     port=port,
                     addr=addr,
                     host_header=shown if port == 80 else f"{shown}:{port}",
-                    pool=Pool(
-                        int(pool["size"]), float(pool["idle_timeout"]), int(pool["requests"])
+                    pool=pools.get(
+                        host,
+                        port,
+                        int(pool["size"]),
+                        float(pool["idle_timeout"]),
+                        int(pool["requests"]),
                     ),
                 )
             )
@@ -634,7 +659,9 @@ class Upstream:
         if self.pass_host == "rewrite" and self.upstream_host is None:
             raise ValueError(f"upstream {self.key}: pass_host rewrite needs upstream_host")
 
-    def close(self) -> None:
-        """Close every idle connection (the upstream was replaced or removed)."""
+    def close(self, keep: Set[int] = frozenset()) -> None:
+        """Close every idle connection of its pools but those whose ``id`` is in ``keep``
+        (pools a live upstream still uses, when this one was replaced or removed)."""
         for node in self.nodes:
-            node.pool.close()
+            if id(node.pool) not in keep:
+                node.pool.close()
