@@ -432,8 +432,9 @@ def test_unknown_resource_invalid_json_head_and_body_limit(admin: Admin) -> None
         f"invalid request body: request size {size} is greater than the maximum size "
         "1572864 allowed"
     )
-    r = admin.call("GET", "/routes?ttl=abc")
-    assert error(r) == "invalid argument ttl: should be a number"
+    for bad in ("abc", "inf", "nan", ""):
+        r = admin.call("GET", f"/routes?ttl={bad}")
+        assert error(r) == "invalid argument ttl: should be a number", bad
     r = admin.call("DELETE", "/plugins/list")
     assert r.status == 404
     r = admin.put("/ssls/1", {})

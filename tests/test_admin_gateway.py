@@ -95,6 +95,25 @@ def test_keepalive_connections_survive_upstream_changes(
     assert origin.connections == before
 
 
+def test_ttl_objects_expire_from_the_store_and_the_data_plane(
+    admin_gateway: Any, origin: Origin, engine: str
+) -> None:
+    # APISIX's ?ttl= (an etcd lease there): PUT, POST and PATCH; a write without it keeps.
+    gw, admin = admin_gateway(engine=engine)
+    assert admin.call("PUT", "/routes/t?ttl=0.5", route("/t", origin.addr)).status == 201
+    r = admin.call("POST", "/routes?ttl=0.5", route("/p", origin.addr))
+    assert r.status == 201
+    posted = r.json()["key"].rsplit("/", 1)[1]
+    admin.put("/routes/k", route("/k", origin.addr))
+    assert admin.call("PATCH", "/routes/k?ttl=0.5", {"desc": "leased"}).status == 200
+    assert admin.call("PUT", "/routes/k", route("/k", origin.addr)).status == 200
+    assert request(gw.url, "/t").status == 200 and request(gw.url, "/p").status == 200
+    wait_for(lambda: request(gw.url, "/t").status == 404 and request(gw.url, "/p").status == 404)
+    assert admin.get("/routes/t").status == 404 and admin.get(f"/routes/{posted}").status == 404
+    time.sleep(0.6)
+    assert admin.get("/routes/k").status == 200 and request(gw.url, "/k").status == 200
+
+
 def test_upstream_service_and_consumer_credentials_reach_the_data_plane(
     admin_gateway: Any, origin: Origin
 ) -> None:

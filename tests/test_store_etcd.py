@@ -155,6 +155,20 @@ def test_put_reports_created_or_replaced_with_etcd_indexes(
     assert store.get("routes/r") is None
 
 
+def test_a_put_with_a_ttl_is_on_an_etcd_lease(
+    shared: EtcdCluster, prefix: str, stores: Callable[..., EtcdStore]
+) -> None:
+    store = stores([shared.url], prefix)
+    store.put("routes/temp", {"uri": "/t"}, ttl=1)
+    store.put("routes/kept", {"uri": "/k"}, ttl=1)
+    store.put("routes/kept", {"uri": "/k2"})  # a put without a lease detaches it
+    assert store.get("routes/temp") is not None
+    # etcd may round a lease up to its shortest (about 2 s with the default election timeout)
+    wait_for("the lease expires", lambda: store.get("routes/temp") is None, timeout=10)
+    assert Etcd(shared.url).get(f"{prefix}/routes/temp") is None
+    assert store.get("routes/kept") is not None
+
+
 def test_watched_entries_carry_create_and_mod_revisions(
     shared: EtcdCluster, prefix: str, stores: Callable[..., EtcdStore]
 ) -> None:

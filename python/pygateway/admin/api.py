@@ -93,6 +93,13 @@ def _error(status: int, message: str) -> Reply:
     return status, {"error_msg": message}
 
 
+def _ttl(args: Mapping[str, str]) -> float | None:
+    """APISIX's ``?ttl=`` (checked a finite number by the server): seconds until the object
+    is deleted; 0 or less deletes it at once (etcd grants its shortest lease then)."""
+    ttl = args.get("ttl")
+    return max(float(ttl), 0.0) if ttl is not None else None
+
+
 def _merge(old: Any, patch: Any) -> Any:
     """APISIX's PATCH merge: objects merge recursively, ``null`` deletes, the rest replaces.
 
@@ -170,6 +177,7 @@ class AdminApi:
         self._scope = write_scope or contextlib.nullcontext
         self._write = threading.Lock()
         # Of the write under way (writes are serialised by _write):
+        self._ttl: float | None = None  # its ?ttl= (seconds until the object is deleted)
         self._warned = False  # its _check found warnings
         self._checked: dict[str, Any] | None = None  # what its _check validated
 
@@ -211,6 +219,7 @@ class AdminApi:
                 return self._get(kind, owner, ident, args)
             with self._write, self._scope():
                 self._checked = None
+                self._ttl = _ttl(args)
                 if method == "PUT":
                     return self._put(kind, owner, ident, body)
                 if method == "POST":
@@ -372,8 +381,8 @@ class AdminApi:
         conf["update_time"] = now
 
     def _store_put(self, key: str, conf: dict[str, Any]) -> tuple[Entry, bool]:
-        """Store a checked conf."""
-        entry, created = self.store.put(key, conf)
+        """Store a checked conf (with the write's ``ttl``)."""
+        entry, created = self.store.put(key, conf, self._ttl)
         # plugin_metadata is checked by the plugin's own schema: the builder checks the
         # stored value itself.
         checked = self._checked

@@ -13,6 +13,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import socket
 import threading
 from collections.abc import Callable, Sequence
@@ -227,8 +228,10 @@ class AdminServer:
         ttl = request.query.get("ttl")
         if ttl is not None:
             try:
-                float(ttl)
+                finite = math.isfinite(float(ttl))
             except ValueError:
+                finite = False
+            if not finite:
                 return _json(400, {"error_msg": "invalid argument ttl: should be a number"})
         segments = path[len(PREFIX) + 1 :].split("/") if path != PREFIX else []
         args = {k: v for k, v in request.query.items() if k != "api_key"}

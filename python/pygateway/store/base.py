@@ -90,8 +90,12 @@ class Store(abc.ABC):
         """Cached entries whose key starts with ``prefix`` (``routes/``), ordered by key."""
 
     @abc.abstractmethod
-    def put(self, key: str, value: dict[str, Any]) -> tuple[Entry, bool]:
-        """Write ``value`` at ``key``; returns the entry and whether the key was created."""
+    def put(self, key: str, value: dict[str, Any], ttl: float | None = None) -> tuple[Entry, bool]:
+        """Write ``value`` at ``key``; returns the entry and whether the key was created.
+
+        ``ttl``: seconds after which the key is deleted (APISIX's ``?ttl=``, an etcd lease);
+        None: kept until deleted (and a key written with a ttl before is kept from now on).
+        """
 
     @abc.abstractmethod
     def delete(self, key: str) -> Entry | None:

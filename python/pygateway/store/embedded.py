@@ -3,6 +3,7 @@
 Format: an append-only journal of JSON lines, one record per acknowledged write::
 
     {"r": 7, "k": "routes/1", "v": {...}, "c": 5}     # put: revision 7, created at 5
+    {"r": 7, "k": "routes/1", "v": {...}, "c": 5, "e": 1795826400.5}  # ... expiring then
     {"r": 8, "k": "routes/1"}                          # delete (no "v")
     {"b": [{"r": 9, "k": ...}, {"r": 10, ...}]}        # a batch: one change, all or none
 
@@ -18,6 +19,12 @@ write that triggers it is in memory) when it holds more than twice as many lines
 (plus slack): the live objects are written to ``<file>.tmp``, fsynced, renamed over the
 journal and the directory is fsynced, so the file is always either the old journal or the
 new one. An advisory ``flock`` keeps a second process from writing the same file.
+
+A put with a ``ttl`` (APISIX's ``?ttl=``, an etcd lease there) records its expiry time (wall
+clock, so it holds across restarts); a thread deletes each key when it expires, with a
+journaled delete like any other, and a start deletes those that expired while the node was
+down before anything is served. A later put without ``ttl`` makes the key permanent again,
+as a put without a lease does in etcd.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from typing import IO, Any
 
@@ -48,15 +56,22 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-Record = tuple[int, str, "Entry | None"]
-"""(revision, key, the entry written or None for a delete)."""
+EXPIRY_RETRY = 1.0
+"""Seconds before an expiry that could not be written (disk full...) is tried again."""
+
+Record = tuple[int, str, "Entry | None", "float | None"]
+"""(revision, key, the entry written or None for a delete, when the entry expires)."""
 
 
-def _fields(revision: int, key: str, entry: Entry | None) -> dict[str, Any]:
+def _fields(
+    revision: int, key: str, entry: Entry | None, expires: float | None = None
+) -> dict[str, Any]:
     rec: dict[str, Any] = {"r": revision, "k": key}
     if entry is not None:
         rec["v"] = entry.value
         rec["c"] = entry.created_index
+        if expires is not None:
+            rec["e"] = expires
     return rec
 
 
@@ -64,8 +79,8 @@ def _line(rec: dict[str, Any]) -> bytes:
     return (json.dumps(rec, separators=(",", ":"), ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def _record(revision: int, key: str, entry: Entry | None) -> bytes:
-    return _line(_fields(revision, key, entry))
+def _record(revision: int, key: str, entry: Entry | None, expires: float | None = None) -> bytes:
+    return _line(_fields(revision, key, entry, expires))
 
 
 class EmbeddedStore(Store):
@@ -76,10 +91,13 @@ class EmbeddedStore(Store):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self._entries: dict[str, Entry] = {}
+        self._expiry: dict[str, float] = {}  # key -> time.time() it is deleted at
         self._revision = 0
         self._records = 0
         self._file: IO[bytes] | None = None
         self._lock = threading.RLock()
+        self._expired = threading.Condition(self._lock)  # wakes the expiry thread
+        self._expirer: threading.Thread | None = None
         self._listener: Listener | None = None
 
     # -- lifecycle -------------------------------------------------------------------
@@ -88,9 +106,15 @@ class EmbeddedStore(Store):
         with self._lock:
             if self._file is None:
                 self._open()
+            self._expire_due()  # what expired while the node was down is never served
             self._listener = listener
             changes = [Change(k, e) for k, e in sorted(self._entries.items())]
             listener(changes, True)
+            if self._expirer is None:
+                self._expirer = threading.Thread(
+                    target=self._expire_loop, name="pygateway-store-ttl", daemon=True
+                )
+                self._expirer.start()
 
     def close(self) -> None:
         with self._lock:
@@ -98,6 +122,33 @@ class EmbeddedStore(Store):
             if self._file is not None:
                 self._file.close()
                 self._file = None
+            self._expired.notify_all()
+        expirer, self._expirer = self._expirer, None
+        if expirer is not None and expirer is not threading.current_thread():
+            expirer.join(5)
+
+    def _expire_loop(self) -> None:
+        """Delete each key when its ``ttl`` runs out, until the store is closed."""
+        with self._lock:
+            while self._file is not None:
+                try:
+                    if self._expire_due():
+                        continue
+                    wait = min(self._expiry.values()) - time.time() if self._expiry else None
+                except StoreError as err:
+                    log.error("store %s: cannot delete expired keys: %s", self.path, err)
+                    wait = EXPIRY_RETRY
+                self._expired.wait(wait)
+
+    def _expire_due(self) -> bool:
+        """Delete the keys whose ``ttl`` ran out, in one journal write; whether any did."""
+        now = time.time()
+        due = sorted(k for k, t in self._expiry.items() if t <= now)
+        if not due:
+            return False
+        self._write([(self._revision + 1 + i, key, None, None) for i, key in enumerate(due)])
+        log.info("store %s: %d key(s) expired (ttl): %s", self.path, len(due), ", ".join(due))
+        return True
 
     def _open(self) -> None:
         directory = os.path.dirname(os.path.abspath(self.path))
@@ -113,7 +164,7 @@ class EmbeddedStore(Store):
             raise StoreUnavailable(
                 f"store file {self.path} is in use by another pygateway process"
             ) from None
-        self._entries, self._revision, self._records = {}, 0, 0
+        self._entries, self._expiry, self._revision, self._records = {}, {}, 0, 0
         try:
             self._replay(f)
         except BaseException:
@@ -141,19 +192,25 @@ class EmbeddedStore(Store):
                 rec = json.loads(line)
                 # A batch (several objects written as one change) is one line: all or none.
                 batch = rec["b"] if isinstance(rec, dict) and "b" in rec else [rec]
-                parsed = [(int(r["r"]), str(r["k"]), r.get("v"), r.get("c")) for r in batch]
+                parsed = [
+                    (int(r["r"]), str(r["k"]), r.get("v"), r.get("c"), r.get("e")) for r in batch
+                ]
             except (ValueError, KeyError, TypeError) as err:
                 raise StoreUnavailable(
                     f"store file {self.path} is corrupt at line {number}: {err}"
                 ) from None
             self._records += 1
-            for revision, key, value, created in parsed:
+            for revision, key, value, created, expires in parsed:
                 self._revision = max(self._revision, revision)
                 if isinstance(value, dict):
                     first = int(created) if created is not None else revision
                     self._entries[key] = Entry(key, value, first, revision)
                 else:
                     self._entries.pop(key, None)
+                if isinstance(value, dict) and isinstance(expires, (int, float)):
+                    self._expiry[key] = float(expires)
+                else:
+                    self._expiry.pop(key, None)
 
     # -- reads -----------------------------------------------------------------------
 
@@ -175,13 +232,14 @@ class EmbeddedStore(Store):
             self._revision += 1
             return f"{self._revision:020d}"
 
-    def put(self, key: str, value: dict[str, Any]) -> tuple[Entry, bool]:
+    def put(self, key: str, value: dict[str, Any], ttl: float | None = None) -> tuple[Entry, bool]:
         with self._lock:
             previous = self._entries.get(key)
             revision = self._revision + 1
             created = previous.created_index if previous is not None else revision
             entry = Entry(key, json.loads(json.dumps(value)), created, revision)
-            self._write([(revision, key, entry)])
+            expires = time.time() + ttl if ttl is not None else None
+            self._write([(revision, key, entry, expires)])
             return entry, previous is None
 
     def delete(self, key: str) -> Entry | None:
@@ -189,7 +247,7 @@ class EmbeddedStore(Store):
             previous = self._entries.get(key)
             if previous is None:
                 return None
-            self._write([(self._revision + 1, key, None)])
+            self._write([(self._revision + 1, key, None, None)])
             return previous
 
     def delete_prefix(self, prefix: str) -> list[Entry]:
@@ -197,7 +255,8 @@ class EmbeddedStore(Store):
         with self._lock:
             gone = [e for k, e in sorted(self._entries.items()) if k.startswith(prefix)]
             if gone:
-                self._write([(self._revision + 1 + i, e.key, None) for i, e in enumerate(gone)])
+                revision = self._revision
+                self._write([(revision + 1 + i, e.key, None, None) for i, e in enumerate(gone)])
             return gone
 
     def replace(self, puts: Sequence[tuple[str, dict[str, Any]]], deletes: Sequence[str]) -> None:
@@ -209,11 +268,11 @@ class EmbeddedStore(Store):
             for key in deletes:
                 if key in self._entries:
                     revision += 1
-                    records.append((revision, key, None))
+                    records.append((revision, key, None, None))
             for key, value in puts:
                 revision += 1
                 entry = Entry(key, json.loads(json.dumps(value)), revision, revision)
-                records.append((revision, key, entry))
+                records.append((revision, key, entry, None))
             if records:
                 self._write(records)
 
@@ -239,14 +298,22 @@ class EmbeddedStore(Store):
             except OSError:
                 log.exception("store %s: cannot cut a failed write off", self.path)
             raise StoreError(f"failed to write store file {self.path}: {err.strerror}") from None
-        for revision, key, entry in records:
+        expiring = False
+        for revision, key, entry, expires in records:
             self._revision = max(self._revision, revision)
             if entry is None:
                 self._entries.pop(key, None)
             else:
                 self._entries[key] = entry
+            if entry is None or expires is None:
+                self._expiry.pop(key, None)
+            else:
+                self._expiry[key] = expires
+                expiring = True
+        if expiring:
+            self._expired.notify_all()
         self._records += 1
-        self._notify([Change(key, entry) for _, key, entry in records])
+        self._notify([Change(key, entry) for _, key, entry, _ in records])
         if self._records > 2 * len(self._entries) + COMPACT_SLACK:
             self._compact()
 
@@ -255,7 +322,10 @@ class EmbeddedStore(Store):
         assert self._file is not None
         tmp = self.path + ".tmp"
         # The newest revision is kept by a final record of a key that is never an object.
-        lines = [_record(e.modified_index, k, e) for k, e in sorted(self._entries.items())]
+        lines = [
+            _record(e.modified_index, k, e, self._expiry.get(k))
+            for k, e in sorted(self._entries.items())
+        ]
         lines.append(_record(self._revision, "_revision", None))
         try:
             with open(tmp, "wb") as out:

@@ -27,6 +27,7 @@ import base64
 import http.client
 import json
 import logging
+import math
 import os
 import random
 import socket
@@ -294,10 +295,19 @@ class EtcdStore(Store):
                     found[key] = entry
         return [found[k] for k in sorted(found)]
 
-    def put(self, key: str, value: dict[str, Any]) -> tuple[Entry, bool]:
-        """Write ``value`` at ``key``; returns the entry and whether the key was created."""
+    def put(self, key: str, value: dict[str, Any], ttl: float | None = None) -> tuple[Entry, bool]:
+        """Write ``value`` at ``key``; returns the entry and whether the key was created.
+        With ``ttl``, the key is attached to a new lease of that many seconds (rounded up:
+        etcd counts whole seconds), as APISIX does."""
         data = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-        body = {"key": _b64(self._etcd_key(key)), "value": _b64(data), "prev_kv": True}
+        body: dict[str, Any] = {
+            "key": _b64(self._etcd_key(key)),
+            "value": _b64(data),
+            "prev_kv": True,
+        }
+        if ttl is not None:
+            lease = self._request("/v3/lease/grant", {"TTL": max(math.ceil(ttl), 1)})
+            body["lease"] = lease["ID"]
         reply = self._request("/v3/kv/put", body)
         revision = int(reply["header"]["revision"])
         prev = reply.get("prev_kv")

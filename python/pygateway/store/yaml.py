@@ -163,7 +163,7 @@ class StandaloneStore(Store):
     def _refuse(self) -> ReadOnlyStore:
         return ReadOnlyStore(READ_ONLY_MESSAGE.format(source=self.source))
 
-    def put(self, key: str, value: dict[str, Any]) -> tuple[Entry, bool]:
+    def put(self, key: str, value: dict[str, Any], ttl: float | None = None) -> tuple[Entry, bool]:
         raise self._refuse()
 
     def delete(self, key: str) -> Entry | None:
