@@ -177,14 +177,37 @@ def test_invalid_store_items_are_skipped_and_the_rest_serves(
     store.start(lambda c, r: None)
     store.put("routes/good", {"id": "good", **route("/good", origin.addr)})
     store.put("routes/bad", {"id": "bad", "uri": "/bad", "methods": ["GOT"]})
-    store.put("routes/dangling", {"id": "dangling", "uri": "/d", "upstream_id": "missing"})
+    store.put("routes/dangling", {"id": "dangling", "uri": "/d", "service_id": "missing"})
     store.close()
     caplog.set_level(logging.ERROR, logger="pygateway.store")
     gw, _ = admin_gateway(admin=admin_settings(path))
     assert request(gw.url, "/good").status == 200
     assert gw.config is not None and list(gw.config.routes) == ["good"]
     assert "routes/bad" in caplog.text and "methods" in caplog.text
-    assert "routes/dangling" in caplog.text and "upstream_id" in caplog.text
+    assert "routes/dangling" in caplog.text and "service_id" in caplog.text
+
+
+def test_a_route_whose_upstream_is_gone_answers_502_and_does_not_fall_through(
+    admin_gateway: Any, origin: Origin, engine: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # APISIX keeps the route and answers 502 ("failed to find upstream by id"); skipping it
+    # would hand its requests to whatever other route matches.
+    gw, admin = admin_gateway(engine=engine)
+    admin.put("/upstreams/u1", {"nodes": {origin.addr: 1}})
+    admin.put("/routes/api", {"uri": "/api/*", "upstream_id": "u1", "priority": 1})
+    admin.put("/services/s1", {"upstream_id": "u1"})
+    admin.put("/routes/svc", {"uri": "/svc", "service_id": "s1"})
+    admin.put("/routes/all", route("/*", origin.addr))
+    assert request(gw.url, "/api/x").status == 200
+    caplog.set_level(logging.WARNING, logger="pygateway.store")
+    assert admin.call("DELETE", "/upstreams/u1?force=true").status == 200
+    wait_for(lambda: request(gw.url, "/api/x").status == 502)
+    assert request(gw.url, "/svc").status == 502
+    assert request(gw.url, "/other").status == 200
+    assert "routes/api" in caplog.text or "routes[id=api]" in caplog.text
+    admin.put("/upstreams/u1", {"nodes": {origin.addr: 1}})
+    wait_for(lambda: request(gw.url, "/api/x").status == 200)
+    assert request(gw.url, "/svc").status == 200
 
 
 def test_a_route_write_to_a_1000_route_store_touches_that_route_only(

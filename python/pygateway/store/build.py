@@ -54,6 +54,9 @@ def _prepared(resource: str, ident: str, value: Any) -> Any:
     return conf
 
 
+_NO_UPSTREAM = "names no upstream: kept, its requests are answered 502 until the upstream exists"
+
+
 def _issue(resource: str, ident: str, path: str, message: str) -> ConfigIssue:
     return ConfigIssue(resource, ident, path, message, message, "store")
 
@@ -126,10 +129,16 @@ class ConfigBuilder:
         if item is None:
             return None
         missing = self._dangling(resource, item, config)
-        if missing is not None:
-            self._report(entry, missing)
-            return None
-        return item
+        if missing is None:
+            return item
+        if missing.path == "upstream_id":
+            # APISIX keeps a route (or service) whose upstream is gone (deleted with
+            # ?force=true, or never written to etcd) and answers its requests 502: they
+            # must not fall through to another route that happens to match.
+            self._report(entry, _issue(resource, ident, "upstream_id", _NO_UPSTREAM), True)
+            return item
+        self._report(entry, missing)
+        return None
 
     def forget(self, key: str) -> None:
         """Drop the validated item of a deleted ``key``."""
