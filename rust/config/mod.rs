@@ -94,6 +94,10 @@ pub struct CompiledRoute {
     /// Native limiters (limit-conn, limit-count, limit-req) in execution order.
     #[serde(default)]
     pub limits: Vec<crate::limit::LimiterSpec>,
+    /// `enable_websocket` (the route's, else its service's): an `Upgrade` request is
+    /// passed on with its `Upgrade` header, and a 101 answer becomes a tunnel.
+    #[serde(default)]
+    pub websocket: bool,
 }
 
 /// One upstream node.

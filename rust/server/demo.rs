@@ -49,7 +49,8 @@ pub async fn serve(listener: TcpListener, mut shutdown: watch::Receiver<Option<D
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let conn = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service_fn(answer));
+                    .serve_connection(TokioIo::new(stream), service_fn(answer))
+                    .with_upgrades();
                 let watched = graceful.watch(conn);
                 tokio::spawn(async move { let _ = watched.await; });
             }

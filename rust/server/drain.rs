@@ -1,5 +1,8 @@
 //! Graceful drain of HTTP/1 connections at the cost of one atomic load per poll.
 //!
+//! Connections are hyper's upgradeable ones: a 101 hands the connection to a tunnel task
+//! (`enable_websocket`) and the watched connection ends there.
+//!
 //! hyper-util's `GracefulShutdown` polls a watch channel every time a connection is
 //! polled; on a proxy's hot path that shows in profiles. Here each connection registers
 //! its task's waker once; a drain sets a flag and wakes them all, and each connection then
@@ -14,7 +17,7 @@ use std::task::{Context, Poll, Waker};
 
 use hyper::body::{Body, Incoming};
 use hyper::rt::{Read, Write};
-use hyper::server::conn::http1::Connection;
+use hyper::server::conn::http1::UpgradeableConnection as Connection;
 use hyper::service::HttpService;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -47,7 +50,7 @@ impl Drain {
     where
         S: HttpService<Incoming, ResBody = B>,
         S::Error: Into<BoxError>,
-        I: Read + Write + Unpin + 'static,
+        I: Read + Write + Unpin + Send + 'static,
         B: Body + 'static,
         B::Error: Into<BoxError>,
     {
@@ -94,7 +97,7 @@ impl<I, S, B> Future for Watched<I, S>
 where
     S: HttpService<Incoming, ResBody = B>,
     S::Error: Into<BoxError>,
-    I: Read + Write + Unpin + 'static,
+    I: Read + Write + Unpin + Send + 'static,
     B: Body + 'static,
     B::Error: Into<BoxError>,
 {

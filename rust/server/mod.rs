@@ -168,6 +168,7 @@ impl Gateway {
                     timeout: r.timeout,
                     phases: plugins::phase_bits(&r.phases),
                     limits,
+                    websocket: r.websocket,
                 };
                 let spec = RouteSpec {
                     id: r.id,
@@ -376,7 +377,8 @@ async fn serve(
                     .timer(TokioTimer::new())
                     .header_read_timeout(header_read_timeout)
                     .writev(false)
-                    .serve_connection(TokioIo::new(stream), svc);
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades();
                 let watched = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = watched.await {

@@ -6,11 +6,15 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use http_body_util::BodyExt;
 
@@ -41,6 +45,8 @@ pub struct RouteEntry {
     pub phases: u8,
     /// Native rate limiters, run after the request plugins' crossing.
     pub limits: Option<Arc<Limits>>,
+    /// `enable_websocket`: protocol upgrades are proxied (a 101 becomes a tunnel).
+    pub websocket: bool,
 }
 
 /// The `Server` header value.
@@ -451,7 +457,19 @@ impl Forward {
             return html_error(StatusCode::SERVICE_UNAVAILABLE);
         }
         let timeouts = self.route.timeout.or(upstream.timeouts).unwrap_or_default();
+        // enable_websocket: the client's Upgrade goes on (nginx: `Upgrade $http_upgrade`,
+        // `Connection upgrade`) and a 101 answer turns the connection into a tunnel.
+        let upgrade = match self.route.websocket {
+            true => upgrade_request(&mut parts),
+            false => None,
+        };
         prepare_upstream_head(&mut parts, &self, conn, state);
+        if let Some((protocol, _)) = &upgrade {
+            parts.headers.insert(header::UPGRADE, protocol.clone());
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
         // Framing follows the client's own request, whatever plugins do to headers.
         let mut chunked = body.is_some() && !parts.headers.contains_key(header::CONTENT_LENGTH);
         if chunked {
@@ -502,8 +520,13 @@ impl Forward {
                 target: &target,
                 headers: &parts.headers,
                 chunked,
+                upgrade: upgrade.is_some(),
             };
             match exchange(node, &req, &mut body, &timeouts).await {
+                Ok((head, conn)) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
+                    let on_upgrade = upgrade.map(|(_, on)| on);
+                    return switch(head, conn, on_upgrade, secs(timeouts.read), &self.route.id);
+                }
                 Ok((head, conn)) => return respond(head, conn, node, &timeouts, &statuses),
                 Err(failure) => {
                     log::warn!(
@@ -558,6 +581,8 @@ struct Outgoing<'a> {
     target: &'a str,
     headers: &'a HeaderMap,
     chunked: bool,
+    /// A protocol upgrade is asked for: a 101 is an answer, not an error.
+    upgrade: bool,
 }
 
 /// One try against one node. The client body is taken only once it starts going out, so
@@ -642,7 +667,12 @@ async fn exchange(
                     timed(send, conn.conn.finish_chunked()).await?;
                 }
             }
-            match tokio::time::timeout(secs(timeouts.read), conn.conn.read_head(req.method)).await {
+            match tokio::time::timeout(
+                secs(timeouts.read),
+                conn.conn.read_head(req.method, req.upgrade),
+            )
+            .await
+            {
                 Err(_) => Err(SendFailure::Timeout("read timed out")),
                 Ok(Ok(head)) => Ok(head),
                 Ok(Err(ExchangeError::ClosedEarly)) => Err(SendFailure::Stale),
@@ -723,6 +753,108 @@ fn is_closed(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
     matches!(e.kind(), BrokenPipe | ConnectionReset | ConnectionAborted)
 }
+
+/// The protocol a client asks to switch to (`Upgrade`, with `upgrade` among its
+/// `Connection` tokens), and hyper's handle on the connection once it is switched.
+fn upgrade_request(parts: &mut Parts) -> Option<(HeaderValue, OnUpgrade)> {
+    let protocol = parts.headers.get(header::UPGRADE)?.clone();
+    let asked = parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !asked {
+        return None;
+    }
+    let on = parts.extensions.remove::<OnUpgrade>()?;
+    Some((protocol, on))
+}
+
+/// The upstream switched protocols: the client gets its 101 (the upstream's headers, such
+/// as `Sec-WebSocket-Accept`), and once hyper hands the client connection over, bytes are
+/// copied both ways until both sides close or nothing moves for `idle` (the read timeout,
+/// as nginx's `proxy_read_timeout` closes an idle tunnel).
+fn switch(
+    head: ResponseHead,
+    conn: Conn,
+    on_upgrade: Option<OnUpgrade>,
+    idle: Duration,
+    route: &Arc<str>,
+) -> Response<ResponseBody> {
+    let Some(on_upgrade) = on_upgrade else {
+        return html_error(StatusCode::BAD_GATEWAY);
+    };
+    let mut headers = head.headers;
+    strip_nginx_hidden(&mut headers);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::SERVER, HeaderValue::from_static(SERVER));
+    let (upstream, early) = conn.conn.into_parts();
+    let route = route.clone();
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(client) => {
+                if let Err(e) = tunnel(TokioIo::new(client), upstream, early, idle).await {
+                    log::debug!("route {route}: tunnel closed: {e}");
+                }
+            }
+            Err(e) => log::info!("route {route}: the client connection was not upgraded: {e}"),
+        }
+    });
+    let mut r = Response::new(ResponseBody::Full(None));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *r.headers_mut() = headers;
+    r
+}
+
+/// Copies both ways between an upgraded client connection and the upstream: each side's
+/// end of stream is passed on as a write shutdown; done when both ended, on an error, or
+/// after `idle` without a byte either way.
+async fn tunnel<C>(
+    client: C,
+    mut upstream: TcpStream,
+    early: BytesMut,
+    idle: Duration,
+) -> std::io::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    if !early.is_empty() {
+        // What the upstream sent right after its 101 (a first frame).
+        client_write.write_all(&early).await?;
+    }
+    let (mut upstream_read, mut upstream_write) = upstream.split();
+    let mut up = vec![0u8; TUNNEL_BUFFER];
+    let mut down = vec![0u8; TUNNEL_BUFFER];
+    let (mut client_open, mut upstream_open) = (true, true);
+    while client_open || upstream_open {
+        tokio::select! {
+            read = client_read.read(&mut up), if client_open => match read? {
+                0 => {
+                    client_open = false;
+                    upstream_write.shutdown().await?;
+                }
+                n => upstream_write.write_all(&up[..n]).await?,
+            },
+            read = upstream_read.read(&mut down), if upstream_open => match read? {
+                0 => {
+                    upstream_open = false;
+                    client_write.shutdown().await?;
+                }
+                n => client_write.write_all(&down[..n]).await?,
+            },
+            () = tokio::time::sleep(idle) => {
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Bytes read at once from either side of a tunnel.
+const TUNNEL_BUFFER: usize = 16 * 1024;
 
 fn respond(
     head: ResponseHead,

@@ -94,6 +94,11 @@ impl H1Conn {
         }
     }
 
+    /// The stream and what was read past the response head (a tunnel's first bytes).
+    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+        (self.io, self.buf)
+    }
+
     /// Whether an idle connection still looks usable: nothing readable (no EOF, no stray
     /// bytes) as far as the reactor knows. No syscall.
     pub fn looks_idle(&self) -> bool {
@@ -151,13 +156,22 @@ impl H1Conn {
         self.io.write_all(b"0\r\n\r\n").await
     }
 
-    /// Reads the response head, skipping interim 1xx responses.
-    pub async fn read_head(&mut self, method: &Method) -> Result<ResponseHead, ExchangeError> {
+    /// Reads the response head, skipping interim 1xx responses. With `upgrade` (the request
+    /// asked for a protocol upgrade), a 101 is the answer, its `Upgrade` header kept, and
+    /// the connection is then the tunnel's ([`H1Conn::into_parts`]).
+    pub async fn read_head(
+        &mut self,
+        method: &Method,
+        upgrade: bool,
+    ) -> Result<ResponseHead, ExchangeError> {
         let mut got_any = false;
         loop {
             if let Some(head) = self.parse_head(method)? {
                 if head.status.is_informational() {
                     if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                        if upgrade {
+                            return Ok(head);
+                        }
                         return Err(ExchangeError::Malformed("unexpected 101 response"));
                     }
                     got_any = true;
@@ -202,6 +216,8 @@ impl H1Conn {
         let code = resp.code.unwrap_or(0);
         let status =
             StatusCode::from_u16(code).map_err(|_| ExchangeError::Malformed("invalid status"))?;
+        // A 101 keeps its Upgrade header: the gateway's own 101 to the client names it.
+        let switching = status == StatusCode::SWITCHING_PROTOCOLS;
         let version = if resp.version == Some(0) {
             Version::HTTP_10
         } else {
@@ -231,15 +247,17 @@ impl H1Conn {
                 te.push(value);
             } else if name == header::CONNECTION {
                 connection.push(value);
-            } else if !is_hop_by_hop(&name) {
+            } else if !is_hop_by_hop(&name) || (switching && name == header::UPGRADE) {
                 headers.append(name, value);
             }
         }
         let (framing, mut reusable) = framing(method, status, &te, &headers)?;
-        reusable &= keep_alive(version, &connection);
+        reusable &= keep_alive(version, &connection) && !switching;
         for token in tokens(&connection) {
             if let Ok(named) = HeaderName::from_bytes(token.as_bytes()) {
-                headers.remove(named);
+                if !(switching && named == header::UPGRADE) {
+                    headers.remove(named);
+                }
             }
         }
         Ok(Some(ResponseHead {

@@ -189,7 +189,15 @@ def compile_route(route: Item, config: Config) -> JSON:
         "timeout": _timeout(conf.get("timeout")),
         "service_id": _sid(conf["service_id"]) if "service_id" in conf else None,
         "plugins": plugins,
+        "websocket": _websocket(conf, service),
     }
+
+
+def _websocket(conf: JSON, service: Item | None) -> bool:
+    """``enable_websocket``: the route's, else its service's (APISIX's access phase)."""
+    if "enable_websocket" in conf:
+        return bool(conf["enable_websocket"])
+    return service is not None and bool(service.conf.get("enable_websocket"))
 
 
 class CompileCache:

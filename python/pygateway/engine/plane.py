@@ -22,6 +22,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -56,7 +57,7 @@ from .request import (
     split_target,
 )
 from .router import Address, IpSet, RouteTable, path_mode
-from .upstream import Pools, Timeouts, Upstream
+from .upstream import Pools, Timeouts, Upstream, UpstreamConn
 
 __all__ = ["EngineError", "PythonDataPlane"]
 
@@ -84,6 +85,8 @@ class RouteEntry:
     plugins: Mapping[str, Any]
     name: str | None
     service_id: str | None
+    websocket: bool = False
+    """``enable_websocket``: protocol upgrades are proxied (a 101 becomes a tunnel)."""
     request_phases: bool = dataclasses.field(init=False)
     header_filter: bool = dataclasses.field(init=False)
     body_filter: bool = dataclasses.field(init=False)
@@ -531,6 +534,7 @@ class PythonDataPlane:
             plugins=r.get("plugins") or {},
             name=r.get("name"),
             service_id=r.get("service_id"),
+            websocket=bool(r.get("websocket")),
         )
 
     # -- one request ----------------------------------------------------------------
@@ -607,6 +611,8 @@ class PythonDataPlane:
         if client_host is None:
             client_host, _ = split_target(request.raw_path)
         fwd = Forward(route.id, upstream, route.timeout, client_host, client_host, route.upstream)
+        if route.websocket:
+            fwd.upgrade = _upgrade_asked(info)
         body = (
             RequestBody(request.content, _expect_continue(request))
             if request.body_exists
@@ -736,6 +742,12 @@ class PythonDataPlane:
         after: Callable[[], None] | None,
     ) -> web.StreamResponse:
         """Write the reply; a body failing mid-way closes the client connection."""
+        if reply.tunnel is not None:
+            try:
+                return await _tunnel(request, reply, reply.tunnel)
+            finally:
+                if after is not None:
+                    after()
         headers: list[tuple[str, str]] = []
         close = reply.status == 408
         for name, value in reply.headers:
@@ -780,6 +792,102 @@ class PythonDataPlane:
                 except Exception:
                     log.exception("log phase failed")
         return resp
+
+
+def _upgrade_asked(info: RequestInfo) -> str | None:
+    """The protocol the client asks to switch to: ``Upgrade``, with ``upgrade`` among the
+    ``Connection`` tokens."""
+    protocol = info.header("upgrade")
+    if protocol is None:
+        return None
+    tokens = (t.strip().lower() for n, v in info.headers if n == "connection" for t in v.split(","))
+    return protocol if "upgrade" in tokens else None
+
+
+TUNNEL_HIGH_WATER = 256 * 1024
+"""Bytes queued towards one side of a tunnel before the other side's reading pauses."""
+
+
+class _Tunnel:
+    """A client connection joined to an upstream one after a 101. It takes the place of
+    aiohttp's payload parser (``set_parser``, as its WebSocketResponse does), so the client's
+    bytes go upstream as they arrive; :meth:`pump` copies the upstream's to the client until
+    either side ends or nothing moves for ``idle`` seconds (nginx's ``proxy_read_timeout``)."""
+
+    def __init__(self, conn: UpstreamConn, client: asyncio.Transport, idle: float) -> None:
+        self.conn = conn
+        self.client = client
+        self.idle = idle
+        self.last = time.monotonic()
+        self.client_gone = False
+
+    # aiohttp's payload-parser slot: the client's bytes
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        self.last = time.monotonic()
+        upstream = self.conn.transport
+        if not upstream.is_closing():
+            upstream.write(bytes(data))
+            if upstream.get_write_buffer_size() > TUNNEL_HIGH_WATER:
+                self.client.pause_reading()  # resumed by pump once the upstream drained
+        return False, b""
+
+    def feed_eof(self) -> None:
+        self.client_gone = True
+        self.conn.proto._wake()
+
+    async def pump(self) -> None:
+        p = self.conn.proto
+        while not self.client_gone and not self.client.is_closing():
+            if p.buf:
+                self.last = time.monotonic()
+                data = bytes(p.buf)
+                p.buf.clear()
+                self.client.write(data)
+                while (
+                    self.client.get_write_buffer_size() > TUNNEL_HIGH_WATER
+                    and not self.client.is_closing()
+                ):
+                    await asyncio.sleep(0.005)  # the client reads slower than the upstream sends
+                continue
+            if p.eof:
+                return
+            if self.conn.transport.get_write_buffer_size() <= TUNNEL_HIGH_WATER:
+                self.client.resume_reading()
+            left = self.last + self.idle - time.monotonic()
+            if left <= 0:
+                log.debug("tunnel idle for %.0fs: closed", self.idle)
+                return
+            try:
+                await p.wait_data(min(left, 0.05) if self.client_paused() else left)
+            except asyncio.TimeoutError:
+                continue
+
+    def client_paused(self) -> bool:
+        reading = getattr(self.client, "is_reading", None)
+        return reading is not None and not reading()
+
+
+async def _tunnel(
+    request: web.BaseRequest, reply: Reply, tunnel: tuple[UpstreamConn, float]
+) -> web.StreamResponse:
+    """Answer 101 with the upstream's headers, then join the two connections."""
+    conn, idle = tunnel
+    resp = web.StreamResponse(status=101, headers=reply.headers)
+    try:
+        await resp.prepare(request)
+        client, proto = request.transport, request.protocol
+        if client is None or proto is None:
+            return resp
+        joined = _Tunnel(conn, client, idle)
+        proto.set_parser(joined)  # type: ignore[arg-type]
+        await joined.pump()
+    finally:
+        conn.close()
+        if request.protocol is not None:
+            request.protocol.force_close()
+        if request.transport is not None:
+            request.transport.close()
+    return resp
 
 
 def _plugin_body(job: _Request) -> bytes:

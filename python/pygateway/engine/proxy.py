@@ -83,6 +83,7 @@ _NGINX_HIDDEN = frozenset(
 none of them): ``X-Pad`` and the ``X-Accel-*`` controls meant for nginx itself."""
 _NOT_RELAYED = HOP_BY_HOP | {"server"} | _NGINX_HIDDEN
 _NOT_RELAYED_FRAMED = _NOT_RELAYED | {"content-length"}
+_NOT_RELAYED_SWITCH = (_NOT_RELAYED - {"upgrade"}) | {"content-length"}
 _DEFAULT_TIMEOUTS = Timeouts()
 
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
@@ -107,6 +108,8 @@ class Reply:
     ``content-length`` entry of ``headers`` (as the native plane shows plugins) is not sent."""
     on_end: list[Callable[[bool], None]] = field(default_factory=list)
     """Called once the body is over (``True`` when it ended cleanly)."""
+    tunnel: tuple[UpstreamConn, float] | None = None
+    """After a 101: the upstream connection to join the client's to, and the idle timeout."""
 
     def header(self, name: str) -> str | None:
         for n, v in self.headers:
@@ -320,6 +323,8 @@ class Forward:
     """``X-Forwarded-Host``: the client's Host, whatever plugins do (APISIX)."""
     upstream_key: str | None = None
     """The upstream the route names (None: it names none)."""
+    upgrade: str | None = None
+    """The client's ``Upgrade``, passed on (``enable_websocket``); a 101 makes a tunnel."""
 
 
 _DROPPED = HOP_BY_HOP | {"proxy-authorization", "expect"}
@@ -424,6 +429,9 @@ async def forward(
     # Framing follows the client's own request, whatever plugins do to headers.
     chunked = body.exists and info.header("content-length") is None
     items = prepare_head(info, fwd)
+    if fwd.upgrade is not None:
+        # nginx under APISIX: `Upgrade $http_upgrade`, `Connection upgrade`.
+        items += [("upgrade", fwd.upgrade), ("connection", "upgrade")]
     if chunked:
         # nginx (`proxy_request_buffering on`, APISIX's default) reads a chunked body whole
         # and sends it with a length; up to CHUNKED_BUFFER_LIMIT here, and a larger one
@@ -460,7 +468,9 @@ async def forward(
         node = up.nodes[idx]
         host = _host_for(up, node, fwd.client_host)
         try:
-            head, conn = await _exchange(node, method, target, items, host, chunked, body, timeouts)
+            head, conn = await _exchange(
+                node, method, target, items, host, chunked, body, timeouts, fwd.upgrade is not None
+            )
         except Failure as failure:
             log.warning(
                 "route %s: upstream %s node %s:%s: %s",
@@ -479,6 +489,10 @@ async def forward(
                 last = Failure(502, "proxy retry timeout", False)
                 break
             continue
+        if head.status == 101:
+            relayed = [(n, v) for n, v in head.headers if n not in _NOT_RELAYED_SWITCH]
+            relayed += [("connection", "upgrade"), ("server", SERVER)]
+            return Reply(101, relayed, b"", None, tunnel=(conn, secs(timeouts.read)))
         return _respond(head, conn, node, timeouts, statuses)
     page = html_error(last.status)
     shown = _upstream_status(statuses)
@@ -504,6 +518,7 @@ async def _exchange(
     chunked: bool,
     body: RequestBody,
     timeouts: Timeouts,
+    upgrade: bool = False,
 ) -> tuple[ResponseHead, UpstreamConn]:
     """One try against one node; a stale pooled connection is retried once on a new one."""
     fresh_only = False
@@ -529,7 +544,7 @@ async def _exchange(
                     await conn.write(_frame(data, chunked), send)
                 if chunked:
                     await conn.write(b"0\r\n\r\n", send)
-            head = await conn.read_head(method, secs(timeouts.read))
+            head = await conn.read_head(method, secs(timeouts.read), upgrade)
             return head, conn
         except ClientBodyError as err:
             conn.abort()

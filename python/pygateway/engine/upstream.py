@@ -240,8 +240,10 @@ class UpstreamConn:
             return False
         return True
 
-    async def read_head(self, method: str, timeout: float) -> ResponseHead:
-        """The response head (interim 1xx skipped); ``timeout`` bounds the whole wait."""
+    async def read_head(self, method: str, timeout: float, upgrade: bool = False) -> ResponseHead:
+        """The response head (interim 1xx skipped); ``timeout`` bounds the whole wait. With
+        ``upgrade`` (the request asked for a protocol upgrade), a 101 is the answer, its
+        ``upgrade`` header kept, and the connection is then a tunnel's."""
         deadline = time.monotonic() + timeout
         got_any = False
         while True:
@@ -249,6 +251,8 @@ class UpstreamConn:
             if head is not None:
                 if 100 <= head.status < 200:
                     if head.status == 101:
+                        if upgrade:
+                            return head
                         raise Malformed("unexpected 101 response")
                     got_any = True
                     continue
@@ -294,6 +298,7 @@ class UpstreamConn:
         headers: list[tuple[str, str]] = []
         te: list[str] = []
         connection: list[str] = []
+        switching = status == 101  # keeps its Upgrade header: the client's 101 names it
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
             if not colon or not _TOKEN.match(name):
@@ -307,16 +312,17 @@ class UpstreamConn:
                 te.append(text)
             elif lname == "connection":
                 connection.append(text)
-            elif lname not in _HOP_BY_HOP:
+            elif lname not in _HOP_BY_HOP or (switching and lname == "upgrade"):
                 headers.append((lname, text))
         framing, length, reusable = _framing(method, status, te, headers)
+        reusable = reusable and not switching
         tokens = [t.strip().lower() for v in connection for t in v.split(",") if t.strip()]
         if http10:
             reusable = reusable and "keep-alive" in tokens
         else:
             reusable = reusable and "close" not in tokens
         if tokens:
-            named = set(tokens)
+            named = set(tokens) - ({"upgrade"} if switching else set())
             headers = [(n, v) for n, v in headers if n not in named]
         return ResponseHead(status, headers, framing, length, reusable)
 
