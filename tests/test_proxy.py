@@ -68,6 +68,23 @@ def test_forwarded_port_from_host_and_forwarded_header_only_from_trusted_peers(g
     assert h["forwarded"] == "for=6.6.6.6;proto=https"
 
 
+def test_untrusted_forwarding_claims_are_hidden_from_route_vars(gateway, origin, origin_b):
+    # APISIX drops an untrusted peer's X-Forwarded-For (and overwrites X-Forwarded-Proto)
+    # before routing: a client cannot steer a route (or a plugin) with them.
+    claims = {"X-Forwarded-For": "1.2.3.4", "X-Forwarded-Proto": "https"}
+    steered = [
+        route("/*", origin_b.addr, id=name, priority=1, vars=[[f"http_{var}", "==", value]])
+        for name, value in claims.items()
+        for var in [name.lower().replace("-", "_")]
+    ]
+    config = {"routes": [*steered, route("/*", origin.addr, id="fallback")]}
+    for claim in ({k: v} for k, v in claims.items()):
+        untrusting = gateway(config)
+        assert request(untrusting.url, "/", headers=claim).json()["origin"] == origin.name
+        trusting = gateway(config, trusted_addresses=["127.0.0.0/8"])
+        assert request(trusting.url, "/", headers=claim).json()["origin"] == origin_b.name
+
+
 def test_xff_appended_and_client_taken_from_trusted_proxy(gateway, origin):
     gw = gateway({"routes": [route("/*", origin.addr)]}, trusted_addresses=["127.0.0.0/8"])
     r = request(gw.url, "/", headers={"X-Forwarded-For": "1.2.3.4", "X-Forwarded-Proto": "https"})

@@ -88,6 +88,9 @@ pub async fn handle(
         // nginx refuses TRACE before any phase runs ("client sent TRACE method").
         return Ok(html_error(StatusCode::METHOD_NOT_ALLOWED));
     }
+    if !state.trusted.matches(conn.peer.ip()) {
+        hide_claims(&mut parts.headers, &conn);
+    }
     let mut body = RequestBody::new(body);
     let (routed, request, limits) = {
         let view = match RequestView::new(&parts, conn.peer, conn.local, &state.trusted) {
@@ -1033,6 +1036,47 @@ fn prepare_upstream_head(parts: &mut Parts, fwd: &Forward, conn: &ConnInfo, stat
     // (APISIX clears it for everyone else).
     if !trusted_peer {
         headers.remove(header::FORWARDED);
+    }
+}
+
+/// An untrusted peer's forwarding claims, as APISIX leaves them before routing (so route
+/// `vars`, plugins and the upstream never see them): its `X-Forwarded-For` and `Forwarded`
+/// are dropped, and the `X-Forwarded-Proto`, `-Host` and `-Port` it sent are replaced by what
+/// the gateway observed.
+fn hide_claims(headers: &mut HeaderMap, conn: &ConnInfo) {
+    // Most requests carry none: one pass over the names before any lookup.
+    if !headers.keys().any(|k| {
+        let n = k.as_str();
+        n.starts_with("x-forwarded-") || n == "forwarded"
+    }) {
+        return;
+    }
+    headers.remove("x-forwarded-for");
+    headers.remove(header::FORWARDED);
+    if headers.contains_key("x-forwarded-proto") {
+        headers.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("http"),
+        );
+    }
+    let host = headers.get(header::HOST).cloned();
+    if headers.contains_key("x-forwarded-host") {
+        match &host {
+            Some(h) => {
+                headers.insert(HeaderName::from_static("x-forwarded-host"), h.clone());
+            }
+            None => {
+                headers.remove("x-forwarded-host");
+            }
+        }
+    }
+    if headers.contains_key("x-forwarded-port") {
+        let port = host
+            .as_ref()
+            .and_then(|h| host_port(h.as_bytes()))
+            .and_then(|p| HeaderValue::from_bytes(p).ok())
+            .unwrap_or_else(|| conn.local_port.clone());
+        headers.insert(HeaderName::from_static("x-forwarded-port"), port);
     }
 }
 

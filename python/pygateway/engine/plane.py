@@ -43,6 +43,7 @@ from .proxy import (
     Reply,
     RequestBody,
     forward,
+    hide_claims,
     html_error,
     json_error,
     plugin_headers,
@@ -576,6 +577,7 @@ class PythonDataPlane:
             client_ip = str(client)
         else:
             client, client_ip = peer.ip, peer.addr[0]
+            raw = hide_claims(raw, peer.local[1])
         return RequestInfo(
             method=request.method,
             request_uri=target,

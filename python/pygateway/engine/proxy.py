@@ -364,6 +364,30 @@ def prepare_head(info: RequestInfo, fwd: Forward) -> list[tuple[str, str]]:
     return _with_set(kept, sets)
 
 
+def hide_claims(headers: list[tuple[str, str]], local_port: int) -> list[tuple[str, str]]:
+    """An untrusted peer's forwarding claims, as APISIX leaves them before routing (so route
+    ``vars``, plugins and the upstream never see them): its ``X-Forwarded-For`` and
+    ``Forwarded`` dropped, the ``X-Forwarded-Proto``, ``-Host`` and ``-Port`` it sent replaced
+    by what the gateway observed."""
+    if not any(n.startswith("x-forwarded-") or n == "forwarded" for n, _ in headers):
+        return headers
+    host = _first(headers, "host")
+    observed = {
+        "x-forwarded-proto": "http",
+        "x-forwarded-host": host,
+        "x-forwarded-port": _host_port(host) or str(local_port),
+    }
+    out: list[tuple[str, str]] = []
+    for n, v in headers:
+        if n in observed:
+            value = observed.pop(n)  # one value, where the first one was
+            if value is not None:
+                out.append((n, value))
+        elif n not in ("x-forwarded-for", "forwarded"):
+            out.append((n, v))
+    return out
+
+
 def _host_port(host: str | None) -> str | None:
     """The port at the end of a Host header (``name:8443``, ``[::1]:8443``), as APISIX's
     ``X-Forwarded-Port`` takes it before falling back to the listener's port."""
