@@ -64,6 +64,7 @@ routes:
         "timeout": None,
         "service_id": None,
         "plugins": {},
+        "websocket": False,
     }
 
 
