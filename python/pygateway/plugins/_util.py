@@ -225,6 +225,28 @@ def get_consumer(ctx: Ctx, username: str) -> dict[str, Any] | None:
     return found
 
 
+def or_anonymous(
+    ctx: Ctx, plugin_name: str, conf: dict[str, Any], consumer: dict[str, Any] | None, err: str
+) -> tuple[dict[str, Any] | None, str]:
+    """``consumer``, else the conf's ``anonymous_consumer`` (APISIX's auth plugins); None
+    and the 401's message when there is neither."""
+    if consumer is not None:
+        return consumer, err
+    anonymous = conf.get("anonymous_consumer")
+    if not anonymous:
+        return None, err
+    found = get_consumer(ctx, anonymous)
+    if found is None:
+        ctx.log.error(
+            "%s failed to authenticate the request, code: 401. error: "
+            "failed to get anonymous consumer %s",
+            plugin_name,
+            anonymous,
+        )
+        return None, "Invalid user authorization"
+    return found, err
+
+
 def attach_consumer(ctx: Ctx, consumer: dict[str, Any]) -> None:
     """``ctx.attach_consumer`` plus the upstream headers APISIX's attach_consumer sets."""
     ctx.attach_consumer(consumer)

@@ -19,7 +19,7 @@ from ._util import (
     attach_consumer,
     decode_base64,
     find_consumer,
-    get_consumer,
+    or_anonymous,
     realm_schema,
 )
 
@@ -93,18 +93,9 @@ class BasicAuth(Plugin):
     def rewrite(self, conf: dict[str, Any], ctx: Ctx) -> Response | None:
         consumer, err = self._find(ctx)
         www = {"WWW-Authenticate": f'Basic realm="{conf.get("realm", "basic")}"'}
+        consumer, err = or_anonymous(ctx, self.name, conf, consumer, err)
         if consumer is None:
-            anonymous = conf.get("anonymous_consumer")
-            if not anonymous:
-                return 401, {"message": err}, www
-            consumer = get_consumer(ctx, anonymous)
-            if consumer is None:
-                ctx.log.error(
-                    "basic-auth failed to authenticate the request, code: 401. error: "
-                    "failed to get anonymous consumer %s",
-                    anonymous,
-                )
-                return 401, {"message": "Invalid user authorization"}, www
+            return 401, {"message": err}, www
         if conf.get("hide_credentials"):
             ctx.remove_header("Authorization")
         attach_consumer(ctx, consumer)

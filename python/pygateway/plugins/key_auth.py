@@ -15,7 +15,7 @@ from ._util import (
     ANONYMOUS_CONSUMER_SCHEMA,
     attach_consumer,
     find_consumer,
-    get_consumer,
+    or_anonymous,
     realm_schema,
     remove_query_arg,
 )
@@ -70,19 +70,10 @@ class KeyAuth(Plugin):
             elif conf.get("hide_credentials"):
                 self._hide(conf, ctx, from_header, not from_header)
 
+        if consumer is None and conf.get("anonymous_consumer") and conf.get("hide_credentials"):
+            self._hide(conf, ctx, True, True)
+        consumer, err = or_anonymous(ctx, self.name, conf, consumer, err)
         if consumer is None:
-            anonymous = conf.get("anonymous_consumer")
-            if not anonymous:
-                return self._unauthorized(conf, err)
-            if conf.get("hide_credentials"):
-                self._hide(conf, ctx, True, True)
-            consumer = get_consumer(ctx, anonymous)
-            if consumer is None:
-                ctx.log.error(
-                    "key-auth failed to authenticate the request, code: 401. error: "
-                    "failed to get anonymous consumer %s",
-                    anonymous,
-                )
-                return self._unauthorized(conf, "Invalid user authorization")
+            return self._unauthorized(conf, err)
         attach_consumer(ctx, consumer)
         return None
