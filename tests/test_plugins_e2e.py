@@ -553,3 +553,33 @@ def test_rewritten_host_leaves_x_forwarded_host_alone(origin, engine):
         sent = request(gw.url, "/x", headers={"Host": "client.test"}).json()["headers"]
         assert sent["host"] == "new.example.com"
         assert sent["x-forwarded-host"] == "client.test"
+
+
+def test_uri_blocker_refuses_matching_request_uris(origin, engine):
+    plugins = {"uri-blocker": {"block_rules": ["^/private", r"token=\w+"], "rejected_msg": "no"}}
+    quiet = {"uri-blocker": {"block_rules": [r"\.PHP$"], "case_insensitive": True}}
+    config = {
+        "routes": [
+            route("/*", origin.addr, plugins=plugins),
+            route("/q/*", origin.addr, plugins=quiet),
+        ]
+    }
+    with Gateway(config=config, listen=["127.0.0.1:0"], workers=1, engine=engine) as gw:
+        assert request(gw.url, "/public").status == 200
+        blocked = request(gw.url, "/private/x")
+        assert blocked.status == 403 and blocked.json() == {"error_msg": "no"}
+        assert request(gw.url, "/a?token=abc").status == 403  # the query is matched too
+        assert request(gw.url, "/q/index.html").status == 200
+        page = request(gw.url, "/q/index.php")
+        assert page.status == 403 and b"403 Forbidden" in page.body
+    with pytest.raises(ConfigError) as err:
+        Gateway(
+            config={
+                "routes": [
+                    route("/*", origin.addr, plugins={"uri-blocker": {"block_rules": ["("]}})
+                ]
+            },
+            listen=["127.0.0.1:0"],
+            engine=engine,
+        ).start()
+    assert "uri-blocker" in str(err.value)
