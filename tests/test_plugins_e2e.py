@@ -583,3 +583,30 @@ def test_uri_blocker_refuses_matching_request_uris(origin, engine):
             engine=engine,
         ).start()
     assert "uri-blocker" in str(err.value)
+
+
+def test_ua_restriction_allow_and_deny_lists(origin, engine):
+    deny = {"ua-restriction": {"denylist": ["curl/", "(?i)bot"]}}
+    allow = {"ua-restriction": {"allowlist": ["^Mozilla/"], "message": "browsers only"}}
+    bypass = {"ua-restriction": {"denylist": ["curl/"], "bypass_missing": True}}
+    config = {
+        "routes": [
+            route("/deny", origin.addr, plugins=deny),
+            route("/allow", origin.addr, plugins=allow),
+            route("/bypass", origin.addr, plugins=bypass),
+        ]
+    }
+    with Gateway(config=config, listen=["127.0.0.1:0"], workers=1, engine=engine) as gw:
+
+        def status(path: str, agent: str | None) -> tuple[int, Any]:
+            r = request(gw.url, path, headers={"User-Agent": agent} if agent else {})
+            return r.status, r.json().get("message") if r.status == 403 else None
+
+        assert status("/deny", "Mozilla/5.0") == (200, None)
+        assert status("/deny", "curl/8.0") == (403, "Not allowed")
+        assert status("/deny", "SomeBOT 1.0") == (403, "Not allowed")
+        assert status("/allow", "Mozilla/5.0") == (200, None)
+        assert status("/allow", "curl/8.0") == (403, "browsers only")
+        assert status("/bypass", "Mozilla/5.0") == (200, None)
+        assert status("/deny", None) == (403, "Not allowed")  # no User-Agent
+        assert status("/bypass", None) == (200, None)
