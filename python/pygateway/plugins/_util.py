@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from functools import lru_cache
 from typing import Any
 
@@ -99,6 +99,16 @@ def compile_pcre(pattern: str, options: str = "jo") -> re.Pattern[str]:
     for ch in options:
         flags |= PCRE_OPTION_FLAGS.get(ch, 0)
     return re.compile(pattern, flags)
+
+
+def pcre_problem(rules: Iterable[str]) -> str | None:
+    """Why one of ``rules`` does not compile (for a plugin's ``check_schema``), or None."""
+    for rule in rules:
+        try:
+            compile_pcre(rule, "j")
+        except re.error as err:
+            return f"{err} in {rule!r}"
+    return None
 
 
 _TEMPLATE_RE = re.compile(r"\$(?:\{(\d+)\}|(\d+)|(\$))|\$")

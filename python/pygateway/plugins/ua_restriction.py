@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 from pygateway.ctx import Ctx
 from pygateway.plugin import Plugin, Response
 
-from ._util import compile_pcre
+from ._util import compile_pcre, pcre_problem
 
 _RULES = {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}}
 
@@ -41,12 +41,7 @@ class UaRestriction(Plugin):
     }
 
     def check_schema(self, conf: dict[str, Any], schema_type: str) -> str | None:
-        for rule in [*(conf.get("allowlist") or ()), *(conf.get("denylist") or ())]:
-            try:
-                compile_pcre(rule, "j")
-            except re.error as err:
-                return f"{err} in {rule!r}"
-        return None
+        return pcre_problem([*(conf.get("allowlist") or ()), *(conf.get("denylist") or ())])
 
     def access(self, conf: dict[str, Any], ctx: Ctx) -> Response | None:
         refused = 403, {"message": conf.get("message", "Not allowed")}

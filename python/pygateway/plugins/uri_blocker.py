@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 from pygateway.ctx import Ctx
 from pygateway.plugin import Plugin, Response
 
-from ._util import compile_pcre
+from ._util import compile_pcre, pcre_problem
 
 
 @lru_cache(maxsize=1024)
@@ -39,12 +39,7 @@ class UriBlocker(Plugin):
     }
 
     def check_schema(self, conf: dict[str, Any], schema_type: str) -> str | None:
-        for rule in conf.get("block_rules") or []:
-            try:
-                compile_pcre(rule, "j")
-            except re.error as err:
-                return f"{err} in {rule!r}"
-        return None
+        return pcre_problem(conf.get("block_rules") or [])
 
     def rewrite(self, conf: dict[str, Any], ctx: Ctx) -> Response | None:
         rules = tuple(conf.get("block_rules") or ())
