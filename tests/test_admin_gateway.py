@@ -178,6 +178,8 @@ def test_invalid_store_items_are_skipped_and_the_rest_serves(
     store.put("routes/good", {"id": "good", **route("/good", origin.addr)})
     store.put("routes/bad", {"id": "bad", "uri": "/bad", "methods": ["GOT"]})
     store.put("routes/dangling", {"id": "dangling", "uri": "/d", "service_id": "missing"})
+    both = {"id": "both", "uri": "/b", "service_id": "missing", "upstream_id": "missing"}
+    store.put("routes/both", both)  # kept only when the upstream is all that is missing
     store.close()
     caplog.set_level(logging.ERROR, logger="pygateway.store")
     gw, _ = admin_gateway(admin=admin_settings(path))
@@ -185,6 +187,7 @@ def test_invalid_store_items_are_skipped_and_the_rest_serves(
     assert gw.config is not None and list(gw.config.routes) == ["good"]
     assert "routes/bad" in caplog.text and "methods" in caplog.text
     assert "routes/dangling" in caplog.text and "service_id" in caplog.text
+    assert "routes/both" in caplog.text
 
 
 def test_a_route_whose_upstream_is_gone_answers_502_and_does_not_fall_through(

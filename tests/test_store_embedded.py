@@ -60,6 +60,7 @@ def wait_for(check: Any, timeout: float = 5.0) -> None:
 def test_a_key_with_a_ttl_is_deleted_when_it_expires_journaled(tmp_path: Path) -> None:
     path = tmp_path / "s.jsonl"
     store, heard = opened(path)
+    store.put("routes/far", {"uri": "/f"}, ttl=1e12)  # beyond threading's longest wait
     store.put("routes/short", {"uri": "/s"}, ttl=0.3)
     store.put("routes/long", {"uri": "/l"}, ttl=3600)
     store.put("routes/kept", {"uri": "/k"}, ttl=0.3)
@@ -73,14 +74,15 @@ def test_a_key_with_a_ttl_is_deleted_when_it_expires_journaled(tmp_path: Path) -
     # the expiry is in the journal: it holds across a restart, and a key that expired while
     # the store was closed is deleted before the listener hears of anything
     lines = [json.loads(line) for line in path.read_bytes().splitlines()]
-    assert [r["k"] for r in lines if "e" in r] == ["routes/short", "routes/long", "routes/kept"]
+    expiring = ["routes/far", "routes/short", "routes/long", "routes/kept"]
+    assert [r["k"] for r in lines if "e" in r] == expiring
     reopened = EmbeddedStore(path)
     reopened.start(lambda changes, resync: None)
     reopened.put("routes/soon", {"uri": "/n"}, ttl=0.2)
     reopened.close()
     time.sleep(0.3)
     store, heard = opened(path)
-    assert [c.key for c in heard[0][0]] == ["routes/kept", "routes/long"]
+    assert [c.key for c in heard[0][0]] == ["routes/far", "routes/kept", "routes/long"]
     assert store.get("routes/soon") is None
     store.close()
 

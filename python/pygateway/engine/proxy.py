@@ -383,9 +383,14 @@ def hide_claims(headers: list[tuple[str, str]], local_port: int) -> list[tuple[s
             value = observed.pop(n)  # one value, where the first one was
             if value is not None:
                 out.append((n, value))
-        elif n not in ("x-forwarded-for", "forwarded"):
+        elif n not in _CLAIMS:  # dropped: X-Forwarded-For, Forwarded, repeated claims
             out.append((n, v))
     return out
+
+
+_CLAIMS = frozenset(
+    ("x-forwarded-for", "forwarded", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port")
+)
 
 
 def _host_port(host: str | None) -> str | None:

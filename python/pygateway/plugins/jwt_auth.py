@@ -64,7 +64,7 @@ class Token:
             self.header = json.loads(_b64url(self.raw_header))
             self.payload = json.loads(_b64url(self.raw_payload))
             self.signature = _b64url(raw_signature)
-        except (ValueError, binascii.Error, UnicodeDecodeError):
+        except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
             raise ValueError("invalid header or payload") from None
         if not isinstance(self.header, dict) or not isinstance(self.payload, dict):
             raise ValueError("invalid header or payload")
@@ -91,11 +91,16 @@ def verify_signature(token: Token, algorithm: str, key: bytes | str) -> bool:
         return False
 
 
+_ES_CURVES: dict[str, tuple[Any, int]] = {}
+"""ES algorithm -> (its curve class, bytes of r and of s); filled with cryptography loaded."""
+
+
 def _verify_public(token: Token, algorithm: str, pem: str) -> bool:
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa, utils
 
+    _ES_CURVES.update(ES256=(ec.SECP256R1, 32), ES384=(ec.SECP384R1, 48), ES512=(ec.SECP521R1, 66))
     key = serialization.load_pem_public_key(pem.encode("utf-8"))
     data, sig = token.signed, token.signature
     bits = algorithm[2:]
@@ -108,11 +113,15 @@ def _verify_public(token: Token, algorithm: str, pem: str) -> bool:
         elif algorithm.startswith("RS") and isinstance(key, rsa.RSAPublicKey):
             key.verify(sig, data, padding.PKCS1v15(), hash_alg())
         elif algorithm.startswith("PS") and isinstance(key, rsa.RSAPublicKey):
-            pss = padding.PSS(mgf=padding.MGF1(hash_alg()), salt_length=hash_alg().digest_size)
+            # Any salt length, as OpenSSL's verify (APISIX) accepts.
+            pss = padding.PSS(mgf=padding.MGF1(hash_alg()), salt_length=padding.PSS.AUTO)
             key.verify(sig, data, pss, hash_alg())
         elif algorithm.startswith("ES") and isinstance(key, ec.EllipticCurvePublicKey):
-            half = len(sig) // 2  # JWS: r || s, each the curve's size
-            r, s = int.from_bytes(sig[:half], "big"), int.from_bytes(sig[half:], "big")
+            # JWS: r || s, each exactly the curve's size, on the curve the algorithm names.
+            curve, size = _ES_CURVES[algorithm]
+            if not isinstance(key.curve, curve) or len(sig) != 2 * size:
+                return False
+            r, s = int.from_bytes(sig[:size], "big"), int.from_bytes(sig[size:], "big")
             key.verify(utils.encode_dss_signature(r, s), data, ec.ECDSA(hash_alg()))
         else:
             return False
@@ -122,7 +131,10 @@ def _verify_public(token: Token, algorithm: str, pem: str) -> bool:
 
 
 def _http_time(seconds: float) -> str:
-    return formatdate(seconds, usegmt=True)
+    try:
+        return formatdate(seconds, usegmt=True)
+    except (ValueError, OverflowError, OSError):  # NaN, infinities, years past 9999
+        return str(seconds)
 
 
 def verify_claims(

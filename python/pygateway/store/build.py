@@ -129,15 +129,15 @@ class ConfigBuilder:
         if item is None:
             return None
         missing = self._dangling(resource, item, config)
-        if missing is None:
+        if not missing:
             return item
-        if missing.path == "upstream_id":
+        if [m.path for m in missing] == ["upstream_id"]:
             # APISIX keeps a route (or service) whose upstream is gone (deleted with
             # ?force=true, or never written to etcd) and answers its requests 502: they
             # must not fall through to another route that happens to match.
             self._report(entry, _issue(resource, ident, "upstream_id", _NO_UPSTREAM), True)
             return item
-        self._report(entry, missing)
+        self._report(entry, next(m for m in missing if m.path != "upstream_id"))
         return None
 
     def forget(self, key: str) -> None:
@@ -187,12 +187,14 @@ class ConfigBuilder:
         return config
 
     @staticmethod
-    def _dangling(resource: str, item: Item, config: Config) -> ConfigIssue | None:
+    def _dangling(resource: str, item: Item, config: Config) -> list[ConfigIssue]:
+        """Every reference of ``item`` that names nothing."""
+        missing = []
         for res, fld, target, name in REFERENCES:
             if res != resource or item.conf.get(fld) is None:
                 continue
             ref = item_id(item.conf[fld])
             if ref not in config.items_of(target):
                 message = f"failed to fetch {name} info by {name} id [{ref}], response code: 404"
-                return _issue(resource, item.id, fld, message)
-        return None
+                missing.append(_issue(resource, item.id, fld, message))
+        return missing

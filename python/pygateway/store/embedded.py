@@ -59,6 +59,9 @@ def _fsync_dir(path: str) -> None:
 EXPIRY_RETRY = 1.0
 """Seconds before an expiry that could not be written (disk full...) is tried again."""
 
+EXPIRY_MAX_WAIT = 3600.0
+"""The longest single wait of the expiry thread (``threading`` refuses huge timeouts)."""
+
 Record = tuple[int, str, "Entry | None", "float | None"]
 """(revision, key, the entry written or None for a delete, when the entry expires)."""
 
@@ -106,7 +109,10 @@ class EmbeddedStore(Store):
         with self._lock:
             if self._file is None:
                 self._open()
-            self._expire_due()  # what expired while the node was down is never served
+            try:
+                self._expire_due()  # what expired while the node was down is never served
+            except StoreError as err:  # the expiry thread tries again; the node still starts
+                log.error("store %s: cannot delete expired keys: %s", self.path, err)
             self._listener = listener
             changes = [Change(k, e) for k, e in sorted(self._entries.items())]
             listener(changes, True)
@@ -135,10 +141,11 @@ class EmbeddedStore(Store):
                     if self._expire_due():
                         continue
                     wait = min(self._expiry.values()) - time.time() if self._expiry else None
-                except StoreError as err:
+                except Exception as err:  # the disk, say: tried again, the thread never dies
                     log.error("store %s: cannot delete expired keys: %s", self.path, err)
                     wait = EXPIRY_RETRY
-                self._expired.wait(wait)
+                # Woken by every write with a ttl; an expiry years away is waited for in hours.
+                self._expired.wait(None if wait is None else min(wait, EXPIRY_MAX_WAIT))
 
     def _expire_due(self) -> bool:
         """Delete the keys whose ``ttl`` ran out, in one journal write; whether any did."""
