@@ -165,3 +165,45 @@ def test_an_idle_tunnel_is_closed_after_the_read_timeout(
 
     waited = asyncio.run(idle())
     assert 0.5 < waited < 8, waited
+
+
+def test_limit_conn_counts_an_open_tunnel_until_it_closes(
+    gateway: Any, ws_origin: WsOrigin, engine: str
+) -> None:
+    # APISIX: limit-conn holds a WebSocket's slot until the connection ends.
+    limit = {"limit-conn": {"conn": 1, "burst": 0, "default_conn_delay": 0.1, "key": "route_id"}}
+    gw = gateway({"routes": [route("/ws", ws_origin.addr, enable_websocket=True, plugins=limit)]})
+
+    async def scenario() -> tuple[int, str]:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{gw.url}/ws") as first:
+                await first.receive(timeout=5)
+                with pytest.raises(aiohttp.WSServerHandshakeError) as second:
+                    await session.ws_connect(f"{gw.url}/ws")
+            await asyncio.sleep(0.3)  # the first tunnel's end reaches the gateway
+            async with session.ws_connect(f"{gw.url}/ws") as third:
+                return second.value.status, (await third.receive(timeout=5)).data
+
+    status, greeting = asyncio.run(scenario())
+    assert status == 503 and greeting.startswith("hello")
+
+
+def test_a_draining_node_keeps_open_tunnels_until_they_close(
+    gateway: Any, ws_origin: WsOrigin, engine: str
+) -> None:
+    gw = gateway({"routes": [route("/ws", ws_origin.addr, enable_websocket=True)]})
+
+    async def scenario() -> tuple[str, bool]:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{gw.url}/ws") as ws:
+                await ws.receive(timeout=5)
+                stopping = threading.Thread(target=gw.stop, args=(10,))
+                stopping.start()
+                await asyncio.sleep(0.5)  # draining: no new connection, this one kept
+                await ws.send_str("still there")
+                echoed = (await ws.receive(timeout=5)).data
+            await asyncio.to_thread(stopping.join, 10)
+            return echoed, not stopping.is_alive()
+
+    echoed, stopped = asyncio.run(scenario())
+    assert echoed == "echo still there" and stopped

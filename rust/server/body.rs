@@ -227,6 +227,32 @@ pub enum ResponseBody {
     Upstream(UpstreamBody),
     /// Passed through the plugins' body_filter.
     Filtered(Box<FilteredBody>),
+    /// A 101: no body; what the response holds (limit-conn slots, the log phase) lasts as
+    /// long as the tunnel that follows.
+    Switched(Arc<TunnelLife>),
+}
+
+/// What a protocol switch's response holds until the tunnel ends: limit-conn slots (APISIX
+/// counts a WebSocket as one connection until it closes) and the log phase, run then.
+#[derive(Default)]
+pub struct TunnelLife {
+    held: parking_lot::Mutex<Vec<ConnGuard>>,
+    log: parking_lot::Mutex<Option<(Arc<Bridge>, Job)>>,
+}
+
+impl TunnelLife {
+    /// Runs `job` (the log phase) when the tunnel ends.
+    pub fn on_end(&self, bridge: Arc<Bridge>, job: Job) {
+        *self.log.lock() = Some((bridge, job));
+    }
+}
+
+impl Drop for TunnelLife {
+    fn drop(&mut self) {
+        if let Some((bridge, job)) = self.log.get_mut().take() {
+            bridge.submit(job);
+        }
+    }
 }
 
 /// A response body whose chunks go through Python `body_filter` phases, one crossing each,
@@ -339,6 +365,7 @@ impl ResponseBody {
             ResponseBody::Full(_) => drop(guards),
             ResponseBody::Upstream(u) => u.held.extend(guards),
             ResponseBody::Filtered(f) => f.inner.hold(guards),
+            ResponseBody::Switched(t) => t.held.lock().extend(guards),
         }
     }
 
@@ -365,6 +392,7 @@ impl Body for ResponseBody {
             ResponseBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
             ResponseBody::Upstream(u) => Pin::new(u).poll_frame(cx),
             ResponseBody::Filtered(f) => Pin::new(&mut **f).poll_frame(cx),
+            ResponseBody::Switched(_) => Poll::Ready(None),
         }
     }
 
@@ -373,6 +401,7 @@ impl Body for ResponseBody {
             ResponseBody::Full(b) => b.is_none(),
             ResponseBody::Upstream(u) => u.is_end_stream(),
             ResponseBody::Filtered(f) => f.is_end_stream(),
+            ResponseBody::Switched(_) => true,
         }
     }
 
@@ -382,6 +411,7 @@ impl Body for ResponseBody {
             ResponseBody::Full(None) => SizeHint::with_exact(0),
             ResponseBody::Upstream(u) => u.size_hint(),
             ResponseBody::Filtered(_) => SizeHint::default(),
+            ResponseBody::Switched(_) => SizeHint::with_exact(0),
         }
     }
 }

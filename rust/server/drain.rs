@@ -81,6 +81,30 @@ impl Drain {
     }
 }
 
+/// A task that outlives its HTTP connection (a tunnel after a 101), counted as live by its
+/// [`Drain`] until dropped: a drain waits for it too, up to its timeout.
+pub struct Tracked {
+    inner: Arc<Inner>,
+}
+
+impl Drain {
+    /// Counts one more live task until the returned guard drops.
+    pub fn track(&self) -> Tracked {
+        self.inner.live.fetch_add(1, Ordering::AcqRel);
+        Tracked {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if self.inner.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.inner.all_closed.notify_waiters();
+        }
+    }
+}
+
 /// A connection under a [`Drain`].
 pub struct Watched<I, S>
 where

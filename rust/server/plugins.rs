@@ -195,6 +195,7 @@ pub fn log_after(
         ResponseBody::Upstream(u) => u.on_end(bridge.clone(), job),
         ResponseBody::Filtered(f) => f.on_end(bridge.clone(), job),
         ResponseBody::Full(_) => bridge.submit(job),
+        ResponseBody::Switched(t) => t.on_end(bridge.clone(), job),
     }
 }
 

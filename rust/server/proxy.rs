@@ -18,7 +18,8 @@ use tokio::net::TcpStream;
 
 use http_body_util::BodyExt;
 
-use super::body::{PoolReturn, RequestBody, ResponseBody, UpstreamBody, STALLED};
+use super::body::{PoolReturn, RequestBody, ResponseBody, TunnelLife, UpstreamBody, STALLED};
+use super::drain::{Drain, Tracked};
 use super::plugins;
 use super::request::{BadRequest, RequestView};
 use super::State;
@@ -62,12 +63,15 @@ pub struct ConnInfo {
     peer_ip: HeaderValue,
     /// The listener's port as a header value.
     local_port: HeaderValue,
+    /// The listener's drain: a tunnel born on this connection is waited for by it.
+    drain: Drain,
 }
 
 impl ConnInfo {
     /// Facts of a new connection.
-    pub fn new(peer: SocketAddr, local: SocketAddr) -> Self {
+    pub fn new(peer: SocketAddr, local: SocketAddr, drain: Drain) -> Self {
         ConnInfo {
+            drain,
             peer,
             local,
             peer_ip: HeaderValue::from_str(&peer.ip().to_string())
@@ -440,8 +444,9 @@ impl Forward {
         mut body: RequestBody,
         changes: Option<Changes>,
     ) -> Response<ResponseBody> {
-        // As APISIX: an upstream_id that names nothing is 502, a route without any upstream
-        // 503 ("missing upstream configuration in Route or Service").
+        let conn_info = conn; // `conn` names each upstream connection below
+                              // As APISIX: an upstream_id that names nothing is 502, a route without any upstream
+                              // 503 ("missing upstream configuration in Route or Service").
         let Some(slot) = self.route.upstream.as_ref() else {
             log::warn!("route {}: no upstream configured", self.route.id);
             return html_error(StatusCode::SERVICE_UNAVAILABLE);
@@ -528,7 +533,15 @@ impl Forward {
             match exchange(node, &req, &mut body, &timeouts).await {
                 Ok((head, conn)) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
                     let on_upgrade = upgrade.map(|(_, on)| on);
-                    return switch(head, conn, on_upgrade, secs(timeouts.read), &self.route.id);
+                    let tracked = conn_info.drain.track();
+                    return switch(
+                        head,
+                        conn,
+                        on_upgrade,
+                        secs(timeouts.read),
+                        &self.route.id,
+                        tracked,
+                    );
                 }
                 Ok((head, conn)) => return respond(head, conn, node, &timeouts, &statuses),
                 Err(failure) => {
@@ -785,6 +798,7 @@ fn switch(
     on_upgrade: Option<OnUpgrade>,
     idle: Duration,
     route: &Arc<str>,
+    tracked: Tracked,
 ) -> Response<ResponseBody> {
     let Some(on_upgrade) = on_upgrade else {
         return html_error(StatusCode::BAD_GATEWAY);
@@ -795,6 +809,8 @@ fn switch(
     headers.insert(header::SERVER, HeaderValue::from_static(SERVER));
     let (upstream, early) = conn.conn.into_parts();
     let route = route.clone();
+    let life = Arc::new(TunnelLife::default());
+    let held = life.clone();
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(client) => {
@@ -804,16 +820,20 @@ fn switch(
             }
             Err(e) => log::info!("route {route}: the client connection was not upgraded: {e}"),
         }
+        drop(held); // limit-conn slots and the log phase end with the tunnel
+        drop(tracked);
     });
-    let mut r = Response::new(ResponseBody::Full(None));
+    let mut r = Response::new(ResponseBody::Switched(life));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *r.headers_mut() = headers;
     r
 }
 
-/// Copies both ways between an upgraded client connection and the upstream: each side's
-/// end of stream is passed on as a write shutdown; done when both ended, on an error, or
-/// after `idle` without a byte either way.
+/// Copies both ways between an upgraded client connection and the upstream, each direction
+/// on its own (a side that stops reading stalls only what goes to it): each side's end of
+/// stream is passed on as a write shutdown; done when both ended, on an error, or once no
+/// byte has moved either way for `idle` (a write stuck on a peer that reads nothing
+/// included).
 async fn tunnel<C>(
     client: C,
     mut upstream: TcpStream,
@@ -824,36 +844,73 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut client_read, mut client_write) = tokio::io::split(client);
-    if !early.is_empty() {
-        // What the upstream sent right after its 101 (a first frame).
-        client_write.write_all(&early).await?;
-    }
     let (mut upstream_read, mut upstream_write) = upstream.split();
-    let mut up = vec![0u8; TUNNEL_BUFFER];
-    let mut down = vec![0u8; TUNNEL_BUFFER];
-    let (mut client_open, mut upstream_open) = (true, true);
-    while client_open || upstream_open {
-        tokio::select! {
-            read = client_read.read(&mut up), if client_open => match read? {
-                0 => {
-                    client_open = false;
-                    upstream_write.shutdown().await?;
-                }
-                n => upstream_write.write_all(&up[..n]).await?,
-            },
-            read = upstream_read.read(&mut down), if upstream_open => match read? {
-                0 => {
-                    upstream_open = false;
-                    client_write.shutdown().await?;
-                }
-                n => client_write.write_all(&down[..n]).await?,
-            },
-            () = tokio::time::sleep(idle) => {
-                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle"));
+    let moved = Moved::new();
+    let up = async { pipe(&mut client_read, &mut upstream_write, &[], &moved).await };
+    let down = async {
+        // What the upstream sent right after its 101 (a first frame) goes first.
+        pipe(&mut upstream_read, &mut client_write, &early, &moved).await
+    };
+    let watchdog = async {
+        loop {
+            let due = moved.last() + idle;
+            if due <= Instant::now() {
+                return std::io::Error::new(std::io::ErrorKind::TimedOut, "idle");
             }
+            tokio::time::sleep_until(due.into()).await;
+        }
+    };
+    tokio::select! {
+        done = async { tokio::try_join!(up, down) } => done.map(|_| ()),
+        timeout = watchdog => Err(timeout),
+    }
+}
+
+/// One direction of a tunnel: `first`, then what `from` reads, into `to`, until `from` ends
+/// (then `to` is shut down for writing); `moved` is stamped at each read and write.
+async fn pipe<R, W>(from: &mut R, to: &mut W, first: &[u8], moved: &Moved) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    if !first.is_empty() {
+        to.write_all(first).await?;
+        moved.stamp();
+    }
+    let mut buf = vec![0u8; TUNNEL_BUFFER];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        moved.stamp();
+        to.write_all(&buf[..n]).await?;
+        moved.stamp();
+    }
+}
+
+/// When a tunnel last moved a byte (the two directions stamp it, its watchdog reads it).
+struct Moved {
+    since: Instant,
+    nanos: std::sync::atomic::AtomicU64,
+}
+
+impl Moved {
+    fn new() -> Self {
+        Moved {
+            since: Instant::now(),
+            nanos: std::sync::atomic::AtomicU64::new(0),
         }
     }
-    Ok(())
+
+    fn stamp(&self) {
+        let n = u64::try_from(self.since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.store(n, Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.since + Duration::from_nanos(self.nanos.load(Relaxed))
+    }
 }
 
 /// Bytes read at once from either side of a tunnel.
@@ -1156,6 +1213,70 @@ fn bad_request(e: BadRequest) -> Response<ResponseBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connected loopback pair: (the tunnel's upstream side, the origin's side).
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    #[tokio::test]
+    async fn tunnel_copies_both_ways_early_bytes_first_and_ends_with_both_sides() {
+        let (upstream, mut origin) = tcp_pair().await;
+        let (client, mut user) = tokio::io::duplex(1024);
+        let task = tokio::spawn(tunnel(
+            client,
+            upstream,
+            BytesMut::from(&b"hi"[..]),
+            Duration::from_secs(5),
+        ));
+        let mut got = [0u8; 2];
+        user.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hi");
+        user.write_all(b"ping").await.unwrap();
+        let mut four = [0u8; 4];
+        origin.read_exact(&mut four).await.unwrap();
+        assert_eq!(&four, b"ping");
+        origin.write_all(b"pong").await.unwrap();
+        user.read_exact(&mut four).await.unwrap();
+        assert_eq!(&four, b"pong");
+        user.shutdown().await.unwrap(); // the client's end reaches the origin as EOF
+        assert_eq!(origin.read(&mut four).await.unwrap(), 0);
+        origin.write_all(b"late").await.unwrap(); // half-closed: the other way still works
+        user.read_exact(&mut four).await.unwrap();
+        assert_eq!(&four, b"late");
+        drop(origin);
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_client_that_reads_nothing_stalls_one_direction_until_the_idle_timeout() {
+        let (upstream, mut origin) = tcp_pair().await;
+        let (client, mut user) = tokio::io::duplex(64);
+        let task = tokio::spawn(tunnel(
+            client,
+            upstream,
+            BytesMut::new(),
+            Duration::from_millis(300),
+        ));
+        // The origin floods a client that never reads; the client's bytes still go up.
+        let flood = tokio::spawn(async move {
+            let chunk = vec![7u8; 64 * 1024];
+            for _ in 0..64 {
+                if origin.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+            origin
+        });
+        user.write_all(b"up").await.unwrap();
+        let done = tokio::time::timeout(Duration::from_secs(10), task).await;
+        let err = done.expect("the tunnel hung").unwrap().unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        drop(flood.await.unwrap());
+    }
 
     #[test]
     fn host_port_is_the_trailing_digits_of_the_host_header() {

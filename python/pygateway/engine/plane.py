@@ -687,6 +687,8 @@ class PythonDataPlane:
                 _replace_head(reply, ctx.status, ctx.response_headers.items_list())
             except Exception:
                 log.exception("header_filter failed")
+                if reply.tunnel is not None:
+                    reply.tunnel[0].close()  # the 101 is not sent: no tunnel
                 return await self._send(request, _internal_error(), None)
             if self.debug:
                 debug = run.debug_header()
@@ -749,7 +751,10 @@ class PythonDataPlane:
                 return await _tunnel(request, reply, reply.tunnel)
             finally:
                 if after is not None:
-                    after()
+                    try:
+                        after()
+                    except Exception:
+                        log.exception("log phase failed")
         headers: list[tuple[str, str]] = []
         close = reply.status == 408
         for name, value in reply.headers:
@@ -812,9 +817,11 @@ TUNNEL_HIGH_WATER = 256 * 1024
 
 class _Tunnel:
     """A client connection joined to an upstream one after a 101. It takes the place of
-    aiohttp's payload parser (``set_parser``, as its WebSocketResponse does), so the client's
-    bytes go upstream as they arrive; :meth:`pump` copies the upstream's to the client until
-    either side ends or nothing moves for ``idle`` seconds (nginx's ``proxy_read_timeout``)."""
+    aiohttp's payload parser (``set_parser``, as its WebSocketResponse does, for the bytes
+    that came with the request), then of its protocol (:class:`_TunnelProtocol`), so the
+    client's bytes go upstream as they arrive; :meth:`pump` copies the upstream's to the
+    client until either side ends or nothing moves for ``idle`` seconds (nginx's
+    ``proxy_read_timeout``)."""
 
     def __init__(self, conn: UpstreamConn, client: asyncio.Transport, idle: float) -> None:
         self.conn = conn
@@ -838,35 +845,64 @@ class _Tunnel:
         self.conn.proto._wake()
 
     async def pump(self) -> None:
+        """Upstream to client until either side ends (a half-close ends the tunnel: aiohttp
+        closes a client connection at its EOF) or ``idle`` passes with no byte moved."""
         p = self.conn.proto
+        upstream = self.conn.transport
         while not self.client_gone and not self.client.is_closing():
-            if p.buf:
+            if p.buf and self.client.get_write_buffer_size() <= TUNNEL_HIGH_WATER:
                 self.last = time.monotonic()
                 data = bytes(p.buf)
                 p.buf.clear()
                 self.client.write(data)
-                while (
-                    self.client.get_write_buffer_size() > TUNNEL_HIGH_WATER
-                    and not self.client.is_closing()
-                ):
-                    await asyncio.sleep(0.005)  # the client reads slower than the upstream sends
                 continue
-            if p.eof:
+            if p.buf:
+                upstream.pause_reading()  # the client reads slower than the upstream sends
+            elif p.eof:
                 return
-            if self.conn.transport.get_write_buffer_size() <= TUNNEL_HIGH_WATER:
+            else:
+                upstream.resume_reading()
+            if upstream.get_write_buffer_size() <= TUNNEL_HIGH_WATER:
                 self.client.resume_reading()
             left = self.last + self.idle - time.monotonic()
             if left <= 0:
                 log.debug("tunnel idle for %.0fs: closed", self.idle)
                 return
+            stalled = bool(p.buf) or self.client_paused()  # no callback: polled while so
             try:
-                await p.wait_data(min(left, 0.05) if self.client_paused() else left)
+                await p.wait_data(min(left, 0.05) if stalled else left)
             except asyncio.TimeoutError:
                 continue
 
     def client_paused(self) -> bool:
         reading = getattr(self.client, "is_reading", None)
         return reading is not None and not reading()
+
+
+class _TunnelProtocol(asyncio.Protocol):
+    """The client connection's protocol while it is a tunnel's: bytes to the tunnel, the end
+    to the tunnel and to aiohttp's protocol (whose bookkeeping needs it)."""
+
+    def __init__(self, tunnel: _Tunnel, http: asyncio.Protocol) -> None:
+        self.tunnel = tunnel
+        self.http = http
+
+    def data_received(self, data: bytes) -> None:
+        self.tunnel.feed_data(data)
+
+    def eof_received(self) -> bool:
+        self.tunnel.feed_eof()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.tunnel.feed_eof()
+        self.http.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.http.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.http.resume_writing()
 
 
 async def _tunnel(
@@ -881,7 +917,10 @@ async def _tunnel(
         if client is None or proto is None:
             return resp
         joined = _Tunnel(conn, client, idle)
-        proto.set_parser(joined)  # type: ignore[arg-type]
+        proto.set_parser(joined)  # type: ignore[arg-type]  # takes what came after the head
+        # From here the client's bytes bypass aiohttp, whose protocol drops them once the
+        # node drains: a draining node keeps its tunnels until they end or the drain times out.
+        client.set_protocol(_TunnelProtocol(joined, proto))
         await joined.pump()
     finally:
         conn.close()
