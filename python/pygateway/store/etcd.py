@@ -308,7 +308,15 @@ class EtcdStore(Store):
         if ttl is not None:
             lease = self._request("/v3/lease/grant", {"TTL": max(math.ceil(ttl), 1)})
             body["lease"] = lease["ID"]
-        reply = self._request("/v3/kv/put", body)
+        try:
+            reply = self._request("/v3/kv/put", body)
+        except StoreError:
+            if "lease" in body:  # a lease no key uses: revoked now rather than left to expire
+                try:
+                    self._request("/v3/lease/revoke", {"ID": body["lease"]})
+                except StoreError:
+                    pass
+            raise
         revision = int(reply["header"]["revision"])
         prev = reply.get("prev_kv")
         created_index = _kv_revision(prev, "create_revision") if prev else revision
