@@ -610,3 +610,29 @@ def test_ua_restriction_allow_and_deny_lists(origin, engine):
         assert status("/bypass", "Mozilla/5.0") == (200, None)
         assert status("/deny", None) == (403, "Not allowed")  # no User-Agent
         assert status("/bypass", None) == (200, None)
+
+
+def test_referer_restriction_by_host(origin, engine):
+    white = {"referer-restriction": {"whitelist": ["ok.test", "*.good.test"]}}
+    black = {"referer-restriction": {"blacklist": ["bad.test"], "bypass_missing": True}}
+    config = {
+        "routes": [
+            route("/white", origin.addr, plugins=white),
+            route("/black", origin.addr, plugins=black),
+        ]
+    }
+    with Gateway(config=config, listen=["127.0.0.1:0"], workers=1, engine=engine) as gw:
+
+        def status(path: str, referer: str | None) -> int:
+            return request(gw.url, path, headers={"Referer": referer} if referer else {}).status
+
+        assert status("/white", "http://ok.test/page") == 200
+        assert status("/white", "https://a.good.test:8443/x") == 200
+        assert status("/white", "http://evil.test/") == 403
+        assert status("/white", None) == 403  # no Referer, no bypass
+        assert status("/white", "not a url") == 403
+        refused = request(gw.url, "/white", headers={"Referer": "http://evil.test/"})
+        assert refused.json() == {"message": "Your referer host is not allowed"}
+        assert status("/black", "http://bad.test/") == 403
+        assert status("/black", "http://fine.test/") == 200
+        assert status("/black", None) == 200  # bypass_missing

@@ -198,6 +198,22 @@ def add_value(headers: MutableMapping[str, str], name: str, value: str) -> None:
     headers[name] = f"{existing}, {value}" if existing else value
 
 
+def restriction_schema(allow: str, deny: str, item: dict[str, Any], message: str) -> dict[str, Any]:
+    """The schema of APISIX's ``*-restriction`` plugins: an ``allow`` or a ``deny`` list of
+    ``item``, ``bypass_missing`` and the 403's ``message``."""
+    items = {"type": "array", "items": item, "minItems": 1}
+    return {
+        "type": "object",
+        "properties": {
+            "bypass_missing": {"type": "boolean", "default": False},
+            allow: items,
+            deny: items,
+            "message": {"type": "string", "minLength": 1, "maxLength": 1024, "default": message},
+        },
+        "oneOf": [{"required": [allow]}, {"required": [deny]}],
+    }
+
+
 # -- auth plugins ------------------------------------------------------------------------------
 
 REALM_PATTERN = "^[\x20-\x21\x23-\x5b\\]-\x7e]+$"

@@ -11,9 +11,7 @@ from typing import Any, ClassVar
 from pygateway.ctx import Ctx
 from pygateway.plugin import Plugin, Response
 
-from ._util import compile_pcre, pcre_problem
-
-_RULES = {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}}
+from ._util import compile_pcre, pcre_problem, restriction_schema
 
 
 @lru_cache(maxsize=1024)
@@ -24,21 +22,9 @@ def _rules(rules: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
 class UaRestriction(Plugin):
     name: ClassVar[str] = "ua-restriction"
     priority: ClassVar[int] = 2999
-    schema: ClassVar[dict[str, Any]] = {
-        "type": "object",
-        "properties": {
-            "bypass_missing": {"type": "boolean", "default": False},
-            "allowlist": _RULES,
-            "denylist": _RULES,
-            "message": {
-                "type": "string",
-                "minLength": 1,
-                "maxLength": 1024,
-                "default": "Not allowed",
-            },
-        },
-        "oneOf": [{"required": ["allowlist"]}, {"required": ["denylist"]}],
-    }
+    schema: ClassVar[dict[str, Any]] = restriction_schema(
+        "allowlist", "denylist", {"type": "string", "minLength": 1}, "Not allowed"
+    )
 
     def check_schema(self, conf: dict[str, Any], schema_type: str) -> str | None:
         return pcre_problem([*(conf.get("allowlist") or ()), *(conf.get("denylist") or ())])
