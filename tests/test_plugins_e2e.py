@@ -636,3 +636,36 @@ def test_referer_restriction_by_host(origin, engine):
         assert status("/black", "http://bad.test/") == 403
         assert status("/black", "http://fine.test/") == 200
         assert status("/black", None) == 200  # bypass_missing
+
+
+def test_request_validation_of_headers_and_bodies(origin, engine):
+    body_schema = {
+        "type": "object",
+        "required": ["name"],
+        "properties": {"name": {"type": "string", "minLength": 2}, "age": {"type": "integer"}},
+    }
+    header_schema = {"type": "object", "required": ["X-Tenant"]}
+    plugins = {"request-validation": {"body_schema": body_schema}}
+    strict = {"request-validation": {"header_schema": header_schema, "rejected_msg": "denied"}}
+    config = {
+        "routes": [
+            route("/body", origin.addr, plugins=plugins),
+            route("/hdr", origin.addr, plugins=strict),
+        ]
+    }
+    with Gateway(config=config, listen=["127.0.0.1:0"], workers=1, engine=engine) as gw:
+
+        def post(path: str, body: bytes, **headers: str) -> Any:
+            return request(gw.url, path, method="POST", body=body, headers=headers)
+
+        ok = post("/body", b'{"name": "ann", "age": 3}')
+        assert ok.status == 200 and ok.json()["body"] == '{"name": "ann", "age": 3}'
+        missing = post("/body", b'{"age": 3}')
+        assert missing.status == 400 and b'property "name" is required' in missing.body
+        assert post("/body", b'{"name": "a"}').status == 400
+        assert post("/body", b"{not json").status == 400
+        form = post("/body", b"name=bob", **{"Content-Type": "application/x-www-form-urlencoded"})
+        assert form.status == 200
+        assert request(gw.url, "/hdr", headers={"x-tenant": "t1"}).status == 200  # any case
+        refused = request(gw.url, "/hdr")
+        assert refused.status == 400 and refused.body == b"denied"
