@@ -518,13 +518,17 @@ class PythonDataPlane:
         loop = self._loop
         if not old:
             return
-        keep = {id(n.pool) for up in self._upstreams.values() for n in up.nodes}
         if loop is None or loop.is_closed():
-            for up in old:
-                up.close(keep)
+            self._close_unshared(old)
             return
+        loop.call_soon_threadsafe(self._close_unshared, old)
+
+    def _close_unshared(self, old: list[Upstream]) -> None:
+        # The live upstreams as they are now, not at apply time: a later apply may have
+        # taken one of these pools back.
+        keep = {id(n.pool) for up in self._upstreams.values() for n in up.nodes}
         for up in old:
-            loop.call_soon_threadsafe(up.close, keep)
+            up.close(keep)
 
     def _entry(self, r: Mapping[str, Any]) -> RouteEntry:
         return RouteEntry(
