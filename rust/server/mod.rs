@@ -370,7 +370,13 @@ async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let info = Arc::new(ConnInfo::new(peer, local.unwrap_or(peer), graceful.clone()));
+                let trusted = state.trusted.matches(peer.ip());
+                let info = Arc::new(ConnInfo::new(
+                    peer,
+                    local.unwrap_or(peer),
+                    graceful.clone(),
+                    trusted,
+                ));
                 let st = state.clone();
                 let svc = service_fn(move |req| proxy::handle(st.clone(), info.clone(), req));
                 let conn = http1::Builder::new()

@@ -65,13 +65,16 @@ pub struct ConnInfo {
     local_port: HeaderValue,
     /// The listener's drain: a tunnel born on this connection is waited for by it.
     drain: Drain,
+    /// Whether the peer is one of the node's `trusted_addresses` (fixed for the node).
+    trusted: bool,
 }
 
 impl ConnInfo {
     /// Facts of a new connection.
-    pub fn new(peer: SocketAddr, local: SocketAddr, drain: Drain) -> Self {
+    pub fn new(peer: SocketAddr, local: SocketAddr, drain: Drain, trusted: bool) -> Self {
         ConnInfo {
             drain,
+            trusted,
             peer,
             local,
             peer_ip: HeaderValue::from_str(&peer.ip().to_string())
@@ -92,7 +95,7 @@ pub async fn handle(
         // nginx refuses TRACE before any phase runs ("client sent TRACE method").
         return Ok(html_error(StatusCode::METHOD_NOT_ALLOWED));
     }
-    if !state.trusted.matches(conn.peer.ip()) {
+    if !conn.trusted {
         hide_claims(&mut parts.headers, &conn);
     }
     let mut body = RequestBody::new(body);
@@ -104,10 +107,8 @@ pub async fn handle(
         let Some(m) = state.router.matches(&view) else {
             return Ok(json_error(StatusCode::NOT_FOUND, "404 Route Not Found"));
         };
-        let request = (m.payload.phases != 0).then(|| {
-            let trusted = state.trusted.matches(conn.peer.ip());
-            plugins::request_data(&state.bridge, &parts, &view, &m, trusted)
-        });
+        let request = (m.payload.phases != 0)
+            .then(|| plugins::request_data(&state.bridge, &parts, &view, &m, conn.trusted));
         // Limiters read their keys now unless Python request plugins run first (their
         // changes and the consumer they authenticate count then).
         let limits = match &m.payload.limits {
@@ -141,7 +142,7 @@ pub async fn handle(
             },
             None => None,
         };
-        let mut resp = routed.proxy(&state, &conn, parts, body, None).await;
+        let mut resp = routed.proxy(&conn, parts, body, None).await;
         if let Some(a) = admitted {
             limited(&mut resp, a);
         }
@@ -255,7 +256,7 @@ pub async fn handle(
             if let Some(host) = changes.as_ref().and_then(|c| c.host.as_deref()) {
                 routed.host_header = HeaderValue::from_str(host).ok();
             }
-            routed.proxy(&state, &conn, parts, body, changes).await
+            routed.proxy(&conn, parts, body, changes).await
         }
     };
     if let Some(a) = admitted {
@@ -438,7 +439,6 @@ impl Failure {
 impl Forward {
     async fn proxy(
         self,
-        state: &State,
         conn: &ConnInfo,
         mut parts: Parts,
         mut body: RequestBody,
@@ -471,7 +471,7 @@ impl Forward {
             true => upgrade_request(&mut parts),
             false => None,
         };
-        prepare_upstream_head(&mut parts, &self, conn, state);
+        prepare_upstream_head(&mut parts, &self, conn);
         if let Some((protocol, _)) = &upgrade {
             parts.headers.insert(header::UPGRADE, protocol.clone());
             parts
@@ -1025,7 +1025,7 @@ fn strip_nginx_hidden(headers: &mut HeaderMap) {
     }
 }
 
-fn prepare_upstream_head(parts: &mut Parts, fwd: &Forward, conn: &ConnInfo, state: &State) {
+fn prepare_upstream_head(parts: &mut Parts, fwd: &Forward, conn: &ConnInfo) {
     // Origin-form target: the client's path and query as received.
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         let pq = parts
@@ -1036,7 +1036,7 @@ fn prepare_upstream_head(parts: &mut Parts, fwd: &Forward, conn: &ConnInfo, stat
         parts.uri = Uri::try_from(pq).unwrap_or_else(|_| Uri::from_static("/"));
     }
     parts.version = Version::HTTP_11;
-    let trusted_peer = state.trusted.matches(conn.peer.ip());
+    let trusted_peer = conn.trusted;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
     headers.remove(header::PROXY_AUTHORIZATION);

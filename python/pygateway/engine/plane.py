@@ -754,11 +754,7 @@ class PythonDataPlane:
             try:
                 return await _tunnel(request, reply, reply.tunnel)
             finally:
-                if after is not None:
-                    try:
-                        after()
-                    except Exception:
-                        log.exception("log phase failed")
+                _log_phase(after)
         headers: list[tuple[str, str]] = []
         close = reply.status == 408
         for name, value in reply.headers:
@@ -797,12 +793,17 @@ class PythonDataPlane:
                 await _discard(reply.body)
             raise
         finally:
-            if after is not None:
-                try:
-                    after()
-                except Exception:
-                    log.exception("log phase failed")
+            _log_phase(after)
         return resp
+
+
+def _log_phase(after: Callable[[], None] | None) -> None:
+    """Run the log phase once the response is over; its failure is logged, never raised."""
+    if after is not None:
+        try:
+            after()
+        except Exception:
+            log.exception("log phase failed")
 
 
 def _upgrade_asked(info: RequestInfo) -> str | None:
