@@ -423,6 +423,10 @@ def test_unknown_resource_invalid_json_head_and_body_limit(admin: Admin) -> None
     r = admin.call("PUT", "/routes/1", raw=b"{not json")
     assert r.status == 400 and error(r).startswith("invalid request body: ")
     assert r.json()["req_body"] == "{not json"
+    for depth in (150, 5000):  # past what any config nests (5000: past the decoder itself)
+        deep = b'{"uri": "/a", "desc": ' + b"[" * depth + b"]" * depth + b"}"
+        r = admin.call("PUT", "/routes/1", raw=deep)
+        assert r.status == 400 and error(r) == "invalid request body: nested deeper than 100 levels"
     head = admin.call("HEAD", "")
     assert head.status == 200 and head.headers["x-api-version"] == "v3"
     big = {"uri": "/a", "desc": "x" * (1536 * 1024)}

@@ -89,6 +89,16 @@ def test_json_syntax_error() -> None:
     assert issue.line == 1
 
 
+def test_values_nested_too_deeply_are_a_config_error() -> None:
+    """Past MAX_DEPTH (and past the parsers' own recursion) is a clear error, not a crash."""
+    for depth in (150, 5000):
+        nested = "[" * depth + "]" * depth
+        (issue,) = errors_of(f'{{"routes": [{{"uri": "/a", "desc": {nested}}}]}}', fmt="json")
+        assert issue.message == "failed to decode json: nested deeper than 100 levels"
+        (issue,) = errors_of(f"routes:\n  - uri: /a\n    desc: {nested}\n#END\n")
+        assert issue.message == "invalid YAML: nested deeper than 100 levels"
+
+
 def test_yaml_syntax_error_has_position() -> None:
     (issue,) = errors_of("routes:\n  - uri: /a\n   bad: [\n#END\n")
     assert issue.line is not None and issue.column is not None

@@ -3,6 +3,7 @@ others; an etcd outage stops admin writes (503) but never the data plane."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -106,6 +107,48 @@ def test_route_written_by_apisix_into_etcd_is_served(
     wait_status(base, "/x", 200, timeout=SERVED_WITHIN)
     listed = admin.get("/routes")
     assert listed.status == 200 and listed.json()["total"] == 1
+
+
+def test_invalid_updates_from_etcd_keep_the_last_valid_config_serving(
+    nodes: Callable[..., tuple[Gateway, Admin, str]],
+    etcd: EtcdCluster,
+    origin: Origin,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What another writer puts into etcd cannot break a node: an invalid update of an
+    object keeps its last valid version serving (APISIX), a value nested past any sane depth
+    is refused alone, and every later write is still applied, on this node and a new one."""
+    raw = Etcd(etcd.url)
+    raw.put("/apisix/upstreams/1", {"type": "roundrobin", "nodes": {origin.addr: 1}})
+    raw.put("/apisix/routes/1", {"uri": "/r1", "upstream_id": "1"})
+    raw.put("/apisix/routes/2", {"uri": "/r2", "upstream_id": "1"})
+    raw.put("/apisix/ssls/1", {"snis": ["a.example.com"], "cert": "c", "key": "k"})
+    caplog.set_level(logging.WARNING, logger="pygateway.store")
+    _, admin, base = nodes()
+    wait_status(base, "/r2", 200, timeout=SERVED_WITHIN)
+    assert "ssls/1 is not served: pygateway does not support ssls" in caplog.text
+
+    raw.put("/apisix/routes/1", {"uri": 123, "upstream_id": "1"})  # fails its schema
+    raw.put("/apisix/routes/2", "garbage")  # not JSON
+    raw.put("/apisix/upstreams/1", {"type": "roundrobin-typo", "nodes": {origin.addr: 1}})
+    deep = "[" * 985 + "]" * 985
+    raw.put("/apisix/routes/deep", f'{{"uri": "/deep", "upstream_id": "1", "desc": {deep}}}')
+    raw.put("/apisix/routes/3", {"id": "99", "uri": "/r3", "upstream_id": "1"})  # id: the key's
+    wait_status(base, "/r3", 200, timeout=SERVED_WITHIN)
+    for path in ("/r1", "/r2"):
+        assert request(base, path).status == 200, f"{path}: the last valid version was dropped"
+    assert request(base, "/deep").status == 404
+
+    r = admin.put("/routes/4", {"uri": "/r4", "upstream_id": "1"})
+    assert r.status == 201, r.body
+    wait_status(base, "/r4", 200, timeout=SERVED_WITHIN)
+    assert admin.get("/routes/3").json()["value"]["uri"] == "/r3"
+
+    raw.put("/apisix/upstreams/1", {"type": "roundrobin", "nodes": {origin.addr: 1}})
+    _, _, base_new = nodes()  # a node starting now skips what is invalid and serves the rest
+    wait_status(base_new, "/r4", 200, timeout=SERVED_WITHIN)
+    assert request(base_new, "/r3").status == 200
+    assert request(base_new, "/r1").status == 404 and request(base_new, "/deep").status == 404
 
 
 def test_etcd_outage_keeps_serving_refuses_writes_and_recovers(

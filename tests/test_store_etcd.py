@@ -228,13 +228,28 @@ def test_reads_an_apisix_cluster_layout_and_skips_bookkeeping(
     logged = caplog.text
     assert "routes/garbage" in logged and f"{p}/gen_id" in logged, "skipped keys not logged"
 
-    # an object replaced by garbage leaves the cache; bookkeeping writes are not changes
+    # an object replaced by garbage keeps its last valid value (APISIX: "do not update the
+    # config cache when the data is invalid"), and so does one nested too deeply to decode;
+    # bookkeeping writes are not changes
     calls = len(rec.calls)
+    caplog.clear()
     etcd.put(f"{p}/gen_id", "18")
     etcd.put(f"{p}/upstreams/1", "oops")
-    wait_for("the invalid value", lambda: "upstreams/1" not in rec.values())
-    assert store.get("upstreams/1") is None
-    assert len(rec.calls) == calls + 1
+    etcd.put(f"{p}/upstreams/1", {"desc": "[" * 3000 + "]" * 3000})  # a string: valid
+    etcd.put(f"{p}/routes/deep", "[" * 50000 + "]" * 50000)
+    etcd.put(f"{p}/upstreams/2", {"nodes": {"127.0.0.1:1980": 1}})
+    wait_for("the last write", lambda: "upstreams/2" in rec.values())
+    assert rec.values()["upstreams/1"] == {"desc": "[" * 3000 + "]" * 3000}
+    assert "routes/deep" not in rec.values()
+    etcd.put(f"{p}/upstreams/1", "[" + "[" * 2000 + "]" * 2000 + "]")
+    etcd.put(f"{p}/upstreams/3", {"nodes": {"127.0.0.1:1980": 1}})
+    wait_for("the next write", lambda: "upstreams/3" in rec.values())
+    assert rec.values()["upstreams/1"] == {"desc": "[" * 3000 + "]" * 3000}
+    assert store.get("upstreams/1") is not None
+    assert len(rec.calls) == calls + 3, "an invalid value was announced as a change"
+    logged = caplog.text
+    assert f"invalid item data of {p}/upstreams/1" in logged
+    assert f"{p}/routes/deep" in logged and "nested deeper than" in logged
 
 
 def test_compacted_watch_revision_forces_a_full_resync(
@@ -260,6 +275,34 @@ def test_compacted_watch_revision_forces_a_full_resync(
         assert store.revision > start_revision
         etcd.put(f"{prefix}/routes/2", {"uri": "/2"})
         wait_for("watching again after the resync", lambda: "routes/2" in rec.values())
+    finally:
+        store.close()
+
+
+def test_a_resync_keeps_the_last_valid_value_of_an_invalid_key(
+    shared: EtcdCluster, prefix: str
+) -> None:
+    """A full reload (here after compaction) finds a key holding garbage: it keeps the
+    value the store had, as APISIX's full load keeps the previous item."""
+    etcd = Etcd(shared.url)
+    etcd.put(f"{prefix}/upstreams/1", {"nodes": {"127.0.0.1:1980": 1}})
+    rec = Recorder()
+    store = EtcdStore([shared.url], prefix)
+    store.watch_timeout = 0.3
+    try:
+        store.start(rec)
+        etcd.put(f"{prefix}/upstreams/1", "not json")
+        etcd.put(f"{prefix}/routes/1", {"uri": "/1"})
+        wait_for("the valid write", lambda: "routes/1" in rec.values())
+        for i in range(3):
+            etcd.put(f"{prefix}-other/k", {"i": i})
+        time.sleep(0.5)
+        etcd.compact()
+        wait_for("a resync after compaction", lambda: rec.fulls() == 2, timeout=5)
+        assert rec.values() == {
+            "upstreams/1": {"nodes": {"127.0.0.1:1980": 1}},
+            "routes/1": {"uri": "/1"},
+        }
     finally:
         store.close()
 

@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from ..config import ConfigError, ConfigIssue, PluginCatalog, build_config
+from ..config.jsonvalue import loads
 from ..config.standalone import RESOURCES, UNSUPPORTED, item_id
 from ..store.base import Store
 from ..store.build import parse_key
@@ -134,7 +135,7 @@ def _replace(
             if not isinstance(data, dict):
                 return error_answer(400, "invalid request body: invalid yaml request body")
         else:
-            data = json.loads(raw)
+            data = loads(raw)
     except (ValueError, yaml.YAMLError) as err:
         return error_answer(400, f"invalid request body: {err}")
     if not isinstance(data, dict):

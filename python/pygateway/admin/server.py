@@ -21,6 +21,7 @@ from typing import Any, TypeVar, Union
 
 from aiohttp import web
 
+from ..config.jsonvalue import loads
 from ..config.node import AdminKey, AdminSettings, _split_listen
 from .api import AdminApi
 
@@ -221,8 +222,8 @@ class AdminServer:
         body: Any = None
         if raw:
             try:
-                body = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as err:
+                body = loads(raw)
+            except ValueError as err:
                 text = raw.decode("utf-8", "replace")
                 return _json(400, {"error_msg": f"invalid request body: {err}", "req_body": text})
         ttl = request.query.get("ttl")

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, ConfigIssue
-from .jsonvalue import json_copy
+from .jsonvalue import TOO_DEEP, check_depth, json_copy, loads
 from .plugins import NO_PLUGINS, PluginCatalog, RestrictedCatalog
 from .resources import CHECKERS
 from .schema import PLUGINS_LIST
@@ -211,11 +211,13 @@ def _positions(text: str) -> Positions:
 def _parse_text(text: str, source: str, fmt: str, env: Mapping[str, str]) -> tuple[Any, Positions]:
     if fmt == "json":
         try:
-            data = json.loads(text) if text.strip() else None
+            data = loads(text) if text.strip() else None
         except json.JSONDecodeError as err:
             raise ConfigError(
                 [_file_issue(f"failed to decode json: {err.msg}", source, err.lineno, err.colno)]
             ) from None
+        except ValueError as err:
+            raise ConfigError([_file_issue(f"failed to decode json: {err}", source)]) from None
         try:
             return _sub_env_json(data, env), {}
         except _EnvError as err:
@@ -229,6 +231,9 @@ def _parse_text(text: str, source: str, fmt: str, env: Mapping[str, str]) -> tup
         raise ConfigError([_file_issue(str(err), source)]) from None
     try:
         data = yaml.load(resolved, Loader=_Loader)  # a SafeLoader subclass
+        check_depth(data)
+    except (RecursionError, ValueError):
+        raise ConfigError([_file_issue(f"invalid YAML: {TOO_DEEP}", source)]) from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line = mark.line + 1 if mark is not None else None

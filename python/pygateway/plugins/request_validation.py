@@ -6,10 +6,10 @@ JSON. Header names are matched without regard to case."""
 
 from __future__ import annotations
 
-import json
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
+from pygateway.config.jsonvalue import loads
 from pygateway.config.validator import SchemaError, is_valid, validate
 from pygateway.ctx import Ctx, RequestBodyTooLarge
 from pygateway.plugin import Plugin, Response
@@ -78,8 +78,8 @@ class RequestValidation(Plugin):
             if content_type.startswith("application/x-www-form-urlencoded"):
                 body: Any = dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True))
             else:
-                body = json.loads(raw)
-        except (ValueError, RecursionError) as err:
+                body = loads(raw)
+        except ValueError as err:
             ctx.log.error("failed to decode the req body: %s", err)
             return code, message or f"failed to decode the req body: {err}"
         problem = _check(body_schema, body)

@@ -20,8 +20,8 @@ from typing import Any, Optional
 
 from ..config import Config, ConfigIssue, Item, PluginCatalog
 from ..config.jsonvalue import json_copy
-from ..config.resources import CHECKERS
-from ..config.standalone import REFERENCES, RESOURCES, item_id
+from ..config.resources import CHECKERS, Problem
+from ..config.standalone import REFERENCES, RESOURCES, UNSUPPORTED, item_id
 from .base import Entry
 
 __all__ = ["ConfigBuilder", "KeyParts", "parse_key"]
@@ -44,13 +44,14 @@ def parse_key(key: str) -> KeyParts | None:
 
 
 def _prepared(resource: str, ident: str, value: Any) -> Any:
-    """A copy of a stored value with the identity fields APISIX derives from the key."""
+    """A copy of a stored value with the identity fields APISIX derives from the key: an
+    ``id`` stored in the value gives way to the key's, as APISIX's config sync does."""
     conf = json_copy(value)
     if isinstance(conf, dict):
         if resource == "consumers":
             conf.setdefault("username", ident)
         elif resource != "credentials":
-            conf["id"] = conf.get("id", ident)
+            conf["id"] = ident
     return conf
 
 
@@ -67,12 +68,14 @@ class ConfigBuilder:
     def __init__(self, catalog: PluginCatalog) -> None:
         self.catalog = catalog
         self._cache: dict[str, tuple[int, Item | None]] = {}
+        self._good: dict[str, Item] = {}  # key -> its last valid item
         self._vouched: dict[str, tuple[int, Item]] = {}  # written by another thread
         self._reported: set[tuple[str, int, str]] = set()
 
     def clear(self) -> None:
         """Forget every validated item (the plugins changed: re-check everything)."""
         self._cache.clear()
+        self._good.clear()
         self._vouched.clear()
         self._reported.clear()
 
@@ -83,8 +86,20 @@ class ConfigBuilder:
         self._reported.add(mark)
         if warning:
             log.warning("config: %s", issue)
+        elif entry.key in self._good:
+            log.error(
+                "store: %s is invalid, its last valid version keeps serving: %s", entry.key, issue
+            )
         else:
             log.error("store: skipping %s (invalid): %s", entry.key, issue)
+
+    def _unsupported(self, entry: Entry, resource: str) -> None:
+        mark = (entry.key, entry.modified_index, "")
+        if mark not in self._reported:
+            self._reported.add(mark)
+            log.warning(
+                "store: %s is not served: pygateway does not support %s", entry.key, resource
+            )
 
     def vouch(self, entry: Entry, checked: dict[str, Any]) -> None:
         """``entry`` was just written after passing the same checks (the Admin API), which
@@ -107,18 +122,26 @@ class ConfigBuilder:
         vouched = self._vouched.pop(entry.key, None)
         if vouched is not None and vouched[0] == entry.modified_index:
             self._cache[entry.key] = vouched
+            self._good[entry.key] = vouched[1]
             return vouched[1]
         conf: Any = _prepared(resource, ident, entry.value)
         item: Item | None = Item(ident, entry.created_index, conf)
-        for p in CHECKERS[resource](conf, self.catalog):
+        try:
+            problems = list(CHECKERS[resource](conf, self.catalog))
+        except Exception as err:  # a checker's bug must not stop the other items
+            log.exception("store: checking %s failed", entry.key)
+            why = f"could not be checked: {type(err).__name__}"
+            problems = [Problem("", why, why)]
+        for p in problems:
             self._report(entry, _issue(resource, ident, p.path, p.message), p.warning)
             if not p.warning:
                 item = None
-        if item is not None and isinstance(conf, dict) and "id" in conf:
-            if item_id(conf["id"]) != ident and resource not in ("consumers", "credentials"):
-                message = f"the id {conf['id']!r} differs from the key's"
-                self._report(entry, _issue(resource, ident, "id", message))
-                item = None
+        if item is None:
+            # APISIX keeps serving an object's last valid version when an update of it is
+            # invalid (config_etcd's sync: "do not update the config cache").
+            item = self._good.get(entry.key)
+        else:
+            self._good[entry.key] = item
         self._cache[entry.key] = (entry.modified_index, item)
         return item
 
@@ -141,8 +164,9 @@ class ConfigBuilder:
         return None
 
     def forget(self, key: str) -> None:
-        """Drop the validated item of a deleted ``key``."""
+        """Drop the validated items of a deleted ``key``."""
         self._cache.pop(key, None)
+        self._good.pop(key, None)
 
     def build(self, entries: Iterable[Entry], source: str | None = None) -> Config:
         """A Config of every valid entry; invalid ones (and their dependents) are skipped."""
@@ -155,11 +179,13 @@ class ConfigBuilder:
                 continue
             resource, ident, sub = parts
             if resource not in CHECKERS:
+                if resource in UNSUPPORTED:
+                    self._unsupported(entry, resource)
                 continue
             live.add(entry.key)
             grouped.setdefault(resource, []).append((ident, sub, entry))
         for key in [k for k in self._cache if k not in live]:
-            del self._cache[key]
+            self.forget(key)
 
         for resource in RESOURCES:
             target = config.items_of(resource)

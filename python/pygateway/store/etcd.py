@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..config.jsonvalue import loads
 from .base import Change, Entry, Listener, Store, StoreError, StoreUnavailable
 
 __all__ = ["EtcdStore"]
@@ -337,7 +338,7 @@ class EtcdStore(Store):
 
     def new_id(self) -> str:
         """APISIX's id for POST: the revision of a write to ``<prefix>/gen_id``, %020d."""
-        body = {"key": _b64(f"{self._dir}gen_id".encode()), "value": _b64(b"0")}
+        body = {"key": _b64(f"{self._dir}gen_id".encode()), "value": _b64(b"1")}
         reply = self._request("/v3/kv/put", body)
         return f"{int(reply['header']['revision']):020d}"
 
@@ -364,17 +365,28 @@ class EtcdStore(Store):
         return key
 
     def _entry(self, key: str, kv: dict[str, Any]) -> Entry | None:
-        """The entry of a kv, or None when its value is not a JSON object."""
+        """The entry of a kv, or None (logged) when its value is not a JSON object: the
+        caller keeps the key's last valid value, as APISIX does."""
         raw = base64.b64decode(kv.get("value") or "")
+        why: str | None
         try:
-            value = json.loads(raw)
-        except ValueError:
-            value = None
-        if not isinstance(value, dict):
-            log.debug("etcd: ignoring %s%s: the value is not a JSON object", self._dir, key)
+            value = loads(raw)
+        except ValueError as err:
+            why = f"not JSON ({err})"
+        else:
+            why = None if isinstance(value, dict) else "it should be an object"
+        revision = _kv_revision(kv, "mod_revision")
+        if why is not None:
+            log.error(
+                "etcd: invalid item data of %s%s (revision %d), %s: skipped, its last valid "
+                "value (if any) keeps serving",
+                self._dir,
+                key,
+                revision,
+                why,
+            )
             return None
-        created = _kv_revision(kv, "create_revision")
-        return Entry(key, value, created, _kv_revision(kv, "mod_revision"))
+        return Entry(key, value, _kv_revision(kv, "create_revision"), revision)
 
     def _remember(self, key: str, revision: int, entry: Entry | None) -> None:
         """Show an acknowledged write to readers before the watch brings it."""
@@ -499,13 +511,21 @@ class EtcdStore(Store):
         revision = int(header["revision"])
         cluster_id = str(header.get("cluster_id", ""))
         content: dict[str, Entry] = {}
+        invalid: list[str] = []
         for kv in reply.get("kvs") or ():
             key = self._key(kv)
-            entry = self._entry(key, kv) if key is not None else None
-            if key is not None and entry is not None:
+            if key is None:
+                continue
+            entry = self._entry(key, kv)
+            if entry is not None:
                 content[key] = entry
+            else:
+                invalid.append(key)
         with self._lock:
             previous = self._view
+            for key in invalid:
+                if key in previous:
+                    content[key] = previous[key]
             if revision < self._revision or (
                 self._cluster_id is not None and cluster_id != self._cluster_id
             ):
@@ -634,9 +654,14 @@ class EtcdStore(Store):
             key = self._key(kv)
             if key is None:
                 continue
-            entry = None if event.get("type") == "DELETE" else self._entry(key, kv)
-            if entry is None and key not in changes and key not in self._view:
-                continue  # deleted or invalid, and never shown
+            if event.get("type") == "DELETE":
+                entry = None
+                if key not in changes and key not in self._view:
+                    continue  # never shown
+            else:
+                entry = self._entry(key, kv)
+                if entry is None:
+                    continue  # invalid: the last valid value keeps serving
             changes.pop(key, None)  # keep the batch in the order of the last change per key
             changes[key] = Change(key, entry)
         with self._lock:
