@@ -80,6 +80,16 @@ def test_unknown_key_rejected(tmp_path: Path) -> None:
         ({"drain_timeout": -1}, "drain_timeout", "expected -1 to be at least 0"),
         ({"plugins": [1]}, "plugins[0]", "wrong type: expected string, got number"),
         ({"admin": []}, "admin", "wrong type: expected object, got table"),
+        (
+            {"data_encryption": {"keyring": ["qeddd145sfvddff3", "short"]}},
+            "data_encryption.keyring[1]",
+            "expected a 16 byte (AES-128) or 32 byte (AES-256) key, got 5 bytes",
+        ),
+        (
+            {"data_encryption": {"enable_encrypt_fields": "no"}},
+            "data_encryption.enable_encrypt_fields",
+            "wrong type: expected boolean, got string",
+        ),
     ],
 )
 def test_invalid_values(data: dict[str, object], path: str, message: str) -> None:

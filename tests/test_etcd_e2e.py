@@ -3,6 +3,7 @@ others; an etcd outage stops admin writes (503) but never the data plane."""
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 import time
@@ -16,6 +17,7 @@ from conftest import request
 from etcd_server import Etcd, EtcdCluster
 from origin import Origin, free_port
 from pygateway import Gateway
+from pygateway.store.encryption import APISIX_DEFAULT_KEYRING
 
 pytestmark = pytest.mark.skipif(not Path("/usr/bin/etcd").exists(), reason="etcd not installed")
 
@@ -46,15 +48,19 @@ def etcd() -> Iterator[EtcdCluster]:
 
 @pytest.fixture
 def nodes(etcd: EtcdCluster) -> Iterator[Callable[..., tuple[Gateway, Admin, str]]]:
-    """``nodes(**etcd_settings)`` → (gateway, its Admin API, its data plane base URL)."""
+    """``nodes(data_encryption=None, **etcd_settings)`` → (gateway, its Admin API, its data
+    plane base URL)."""
     started: list[Gateway] = []
 
-    def make(**etcd_settings: Any) -> tuple[Gateway, Admin, str]:
+    def make(
+        data_encryption: dict[str, Any] | None = None, **etcd_settings: Any
+    ) -> tuple[Gateway, Admin, str]:
         settings = {"endpoints": etcd.endpoints, "prefix": "/apisix", **etcd_settings}
         gw = Gateway(
             listen=["127.0.0.1:0"],
             workers=1,
             etcd=settings,
+            data_encryption=data_encryption,
             admin={"listen": "127.0.0.1:0", "keys": [{"name": "admin", "key": KEY}]},
         ).start()
         started.append(gw)
@@ -107,6 +113,82 @@ def test_route_written_by_apisix_into_etcd_is_served(
     wait_status(base, "/x", 200, timeout=SERVED_WITHIN)
     listed = admin.get("/routes")
     assert listed.status == 200 and listed.json()["total"] == 1
+
+
+def apisix_encrypt(text: str, key: str = APISIX_DEFAULT_KEYRING[0]) -> str:
+    """What APISIX's data_encryption stores: AES-128-CBC, key = IV, PKCS#7, base64 (as
+    `openssl enc -aes-128-cbc -K <key> -iv <key> -base64` gives)."""
+    from cryptography.hazmat.primitives import padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    raw = key.encode()
+    padder = padding.PKCS7(128).padder()
+    data = padder.update(text.encode()) + padder.finalize()
+    enc = Cipher(algorithms.AES(raw), modes.CBC(raw[:16])).encryptor()
+    return base64.b64encode(enc.update(data) + enc.finalize()).decode()
+
+
+def test_consumer_secrets_are_encrypted_in_etcd_as_apisix_does(
+    nodes: Callable[..., tuple[Gateway, Admin, str]], etcd: EtcdCluster, origin: Origin
+) -> None:
+    """APISIX 3.x (data_encryption on by default) keeps key-auth keys, basic-auth passwords
+    ... as ciphertext in etcd: a node sharing its etcd must read them, and write them so."""
+    assert apisix_encrypt("bar", "edd1c9f0985e76a2") == "77+NmbYqNfN+oLm0aX5akg=="  # APISIX's
+    raw = Etcd(etcd.url)
+    raw.put("/apisix/upstreams/1", {"type": "roundrobin", "nodes": {origin.addr: 1}})
+    auth = {"key-auth": {}}
+    raw.put("/apisix/routes/1", {"uri": "/auth", "upstream_id": "1", "plugins": auth})
+    alice = {"username": "alice", "plugins": {"key-auth": {"key": apisix_encrypt("alice-key")}}}
+    raw.put("/apisix/consumers/alice", alice)
+    second = apisix_encrypt("bob-key", APISIX_DEFAULT_KEYRING[1])  # any key of the keyring
+    raw.put("/apisix/consumers/bob", {"username": "bob"})
+    raw.put("/apisix/consumers/bob/credentials/c1", {"plugins": {"key-auth": {"key": second}}})
+    raw.put("/apisix/consumers/carol", {"plugins": {"key-auth": {"key": "carol-plain"}}})
+    _, admin, base = nodes()
+
+    def status(key: str) -> int:
+        return int(request(base, "/auth", headers={"apikey": key}).status)
+
+    wait_status(base, "/auth", 401, timeout=SERVED_WITHIN)
+    assert status("alice-key") == 200 and status("bob-key") == 200
+    assert status(apisix_encrypt("alice-key")) == 401, "the ciphertext works as a key"
+    assert status("carol-plain") == 200  # written before encryption: used as it is
+    got = admin.get("/consumers/alice").json()["value"]
+    assert got["plugins"]["key-auth"]["key"] == "alice-key"  # APISIX decrypts on GET
+
+    r = admin.put("/consumers/dave", {"plugins": {"key-auth": {"key": "dave-key"}}})
+    assert r.status == 201, r.body
+    stored = raw.get("/apisix/consumers/dave")
+    assert stored["plugins"]["key-auth"]["key"] == apisix_encrypt("dave-key")
+    limited = {"limit-count": {"count": 9, "time_window": 60, "redis_password": "pw"}}
+    r = admin.patch("/routes/1", {"plugins": {**auth, **limited}})
+    assert r.status == 200, r.body
+    assert raw.get("/apisix/routes/1")["plugins"]["limit-count"]["redis_password"] == (
+        apisix_encrypt("pw")
+    )
+    wait_status(base, "/auth", 401, timeout=SERVED_WITHIN)
+    assert status("dave-key") == 200
+    r = admin.put("/consumers/eve", {"plugins": {"key-auth": {"key": "dave-key"}}})
+    assert r.status == 400 and "duplicate key" in r.json()["error_msg"]
+
+
+def test_data_encryption_off_or_with_its_own_keyring(
+    nodes: Callable[..., tuple[Gateway, Admin, str]], etcd: EtcdCluster, origin: Origin
+) -> None:
+    raw = Etcd(etcd.url)
+    _, admin_off, _ = nodes(data_encryption={"enable_encrypt_fields": False})
+    assert admin_off.put("/consumers/a", {"plugins": {"key-auth": {"key": "a-key"}}}).status == 201
+    assert raw.get("/apisix/consumers/a")["plugins"]["key-auth"]["key"] == "a-key"
+    own = "0123456789abcdef0123456789abcdef"  # AES-256
+    _, admin_own, _ = nodes(data_encryption={"keyring": [own]})
+    assert admin_own.put("/consumers/b", {"plugins": {"key-auth": {"key": "b-key"}}}).status == 201
+    assert raw.get("/apisix/consumers/b")["plugins"]["key-auth"]["key"] == apisix_encrypt(
+        "b-key", own
+    )
+    assert admin_own.get("/consumers/b").json()["value"]["plugins"]["key-auth"]["key"] == "b-key"
+    # the node without encryption sees what etcd holds
+    wait_for_value = admin_off.get("/consumers/b").json()["value"]["plugins"]["key-auth"]["key"]
+    assert wait_for_value == apisix_encrypt("b-key", own)
 
 
 def test_invalid_updates_from_etcd_keep_the_last_valid_config_serving(

@@ -15,6 +15,7 @@ import pytest
 from etcd_server import Etcd, EtcdCluster
 from origin import Blackhole, free_port
 from pygateway.store.base import Change, Entry, StoreError, StoreUnavailable
+from pygateway.store.encryption import APISIX_DEFAULT_KEYRING, FieldEncryption
 from pygateway.store.etcd import EtcdStore
 
 pytestmark = pytest.mark.skipif(not Path("/usr/bin/etcd").exists(), reason="etcd not installed")
@@ -461,6 +462,34 @@ def test_snapshot_boot_when_etcd_is_down_then_resync(
     wait_for("the resync once etcd is back", lambda: rec.fulls() == 2, timeout=10)
     wait_for("the content of etcd", lambda: rec.values() == {"routes/2": {"uri": "/2"}})
     wait_for("the snapshot follows", lambda: saved() == {"routes/2": {"uri": "/2"}})
+
+
+def test_secrets_are_encrypted_in_etcd_and_the_snapshot_plaintext_in_the_store(
+    shared: EtcdCluster, prefix: str, stores: Callable[..., EtcdStore], tmp_path: Path
+) -> None:
+    fields = {("key-auth", "consumer"): ("key",)}
+    encryption = FieldEncryption(APISIX_DEFAULT_KEYRING, lambda n, t: fields.get((n, t), ()))
+    snapshot = tmp_path / "etcd-snapshot.json"
+    store = stores([shared.url], prefix, snapshot=str(snapshot), encryption=encryption)
+    jack = {"username": "jack", "plugins": {"key-auth": {"key": "jack-key"}}}
+    store.put("consumers/jack", jack)
+    secret = encryption.encrypt_text("jack-key")
+    assert Etcd(shared.url).get(f"{prefix}/consumers/jack")["plugins"]["key-auth"]["key"] == secret
+
+    def saved() -> Any:
+        try:
+            return json.loads(snapshot.read_text())["entries"][0]["value"]
+        except (OSError, ValueError, IndexError):
+            return None
+
+    wait_for("the snapshot", lambda: saved() is not None)
+    assert saved()["plugins"]["key-auth"]["key"] == secret, "a secret in clear in the snapshot"
+    store.close()
+
+    down = f"http://127.0.0.1:{free_port()}"  # etcd unreachable: the node boots from the file
+    booted = stores([down], prefix, snapshot=str(snapshot), timeout=1.0, encryption=encryption)
+    entry = booted.get("consumers/jack")
+    assert entry is not None and entry.value == jack
 
 
 def test_broken_snapshot_is_unavailable(tmp_path: Path) -> None:

@@ -135,15 +135,25 @@ class Gateway:
             return StandaloneStore(self.node.routes, catalog=self._catalog)
         etcd = self.node.etcd
         if etcd.get("endpoints"):
+            from .store.encryption import APISIX_DEFAULT_KEYRING, FieldEncryption
             from .store.etcd import EtcdStore
 
             endpoints = etcd["endpoints"]
+            enc = self.node.data_encryption
+            encryption = (
+                FieldEncryption(
+                    enc.get("keyring", APISIX_DEFAULT_KEYRING), self.plugins.encrypt_fields
+                )
+                if enc.get("enable_encrypt_fields", True)
+                else None
+            )
             try:
                 return EtcdStore(
                     [endpoints] if isinstance(endpoints, str) else list(endpoints),
                     etcd.get("prefix", "/apisix"),
                     timeout=float(etcd.get("timeout", 5.0)),
                     snapshot=etcd.get("snapshot"),
+                    encryption=encryption,
                 )
             except ValueError as err:
                 raise ConfigError([ConfigIssue("node", None, "etcd", str(err))]) from None

@@ -502,6 +502,14 @@ class PluginRegistry:
         self._schemas[key] = schema
         return schema
 
+    def encrypt_fields(self, name: str, schema_type: str = "schema") -> tuple[str, ...]:
+        """The ``encrypt_fields`` of plugin ``name``'s schema of that type (APISIX: the
+        consumer schema falls back to ``schema``); empty for an unknown plugin."""
+        plugin = self._instances.get(name)
+        schema = self._schema(plugin, schema_type) if plugin is not None else None
+        fields = (schema or {}).get("encrypt_fields") or ()
+        return tuple(f for f in fields if isinstance(f, str))
+
     def check(self, name: str, conf: dict[str, Any], schema_type: str = "schema") -> str | None:
         """Validate ``conf`` (defaults filled in place); return the error text or None.
 

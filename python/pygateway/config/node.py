@@ -38,6 +38,7 @@ __all__ = [
     "AdminSettings",
     "NodeConfig",
     "admin_settings",
+    "keyring_problem",
     "load_node_config",
 ]
 
@@ -74,6 +75,9 @@ class NodeConfig:
     """Seconds an async plugin phase may take before the request fails with 504."""
     admin: dict[str, Any] = field(default_factory=dict)
     etcd: dict[str, Any] = field(default_factory=dict)
+    data_encryption: dict[str, Any] = field(default_factory=dict)
+    """APISIX's ``apisix.data_encryption``: ``enable_encrypt_fields`` (default true) and
+    ``keyring`` (default APISIX's); applies to etcd, as in APISIX."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None) -> NodeConfig:
@@ -186,11 +190,11 @@ def _check(data: Mapping[str, Any], source: str | None) -> tuple[dict[str, Any],
         elif key == "plugin_timeout":
             if expect(key, value, "number") and value <= 0:
                 bad(key, f"expected {value} to be greater than 0")
-        elif key in ("admin", "etcd"):
+        elif key in ("admin", "etcd", "data_encryption"):
             if value is None:
                 value = {}
             if expect(key, value, "object"):
-                (_check_admin if key == "admin" else _check_etcd)(value, bad)
+                _SECTIONS[key](value, bad)
         values[key] = value
     return values, issues
 
@@ -279,6 +283,40 @@ def _check_etcd(etcd: dict[str, Any], bad: Callable[[str, str], None]) -> None:
                 bad(where, "expected the path of the snapshot file")
         else:
             bad(where, f'unknown key "{key}" (known keys: endpoints, prefix, snapshot, timeout)')
+
+
+def keyring_problem(keyring: list[str] | tuple[str, ...]) -> tuple[int, str] | None:
+    """The first unusable key of a ``data_encryption`` keyring: (index, why), or None."""
+    for i, key in enumerate(keyring):
+        size = len(key.encode())
+        if size not in (16, 32):
+            return i, f"expected a 16 byte (AES-128) or 32 byte (AES-256) key, got {size} bytes"
+    return None
+
+
+def _check_data_encryption(conf: dict[str, Any], bad: Callable[[str, str], None]) -> None:
+    for key, value in conf.items():
+        where = f"data_encryption.{key}"
+        if key == "enable_encrypt_fields":
+            if not isinstance(value, bool):
+                bad(where, f"wrong type: expected boolean, got {lua_type(value)}")
+        elif key == "keyring":
+            if isinstance(value, str):  # APISIX takes one key as a string
+                value = conf[key] = [value]
+            if _check_strings(where, value, bad):
+                problem = keyring_problem(value)
+                if problem is not None:
+                    bad(f"{where}[{problem[0]}]", problem[1])
+        else:
+            hint = "enable_encrypt_fields, keyring"
+            bad(where, f'unknown key "{key}" (known keys: {hint})')
+
+
+_SECTIONS: dict[str, Callable[[dict[str, Any], Callable[[str, str], None]], None]] = {
+    "admin": _check_admin,
+    "etcd": _check_etcd,
+    "data_encryption": _check_data_encryption,
+}
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ class LimitConn(Plugin):
             **COMMON_PROPERTIES,
         },
         "required": ["conn", "burst", "default_conn_delay", "key"],
+        "encrypt_fields": ["redis_password"],
     }
 
     def check_schema(self, conf: dict[str, Any], schema_type: str) -> str | None:

@@ -61,6 +61,7 @@ class LimitCount(Plugin):
             },
             **COMMON_PROPERTIES,
         },
+        "encrypt_fields": ["redis_password", "sentinel_password"],
     }
     metadata_schema: ClassVar[dict[str, Any] | None] = {
         "type": "object",

@@ -38,6 +38,7 @@ class LimitReq(Plugin):
             **COMMON_PROPERTIES,
         },
         "required": ["rate", "burst", "key"],
+        "encrypt_fields": ["redis_password"],
     }
 
     def check_schema(self, conf: dict[str, Any], schema_type: str) -> str | None:

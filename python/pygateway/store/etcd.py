@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 
 from ..config.jsonvalue import loads
 from .base import Change, Entry, Listener, Store, StoreError, StoreUnavailable
+from .encryption import FieldEncryption
 
 __all__ = ["EtcdStore"]
 
@@ -172,6 +173,8 @@ class EtcdStore(Store):
     ``endpoints`` are etcd client URLs (``http://127.0.0.1:2379``; the scheme defaults to
     http). ``timeout`` bounds every request (a write raises :class:`StoreUnavailable` when no
     endpoint answered in time). ``snapshot`` is a file that keeps the last good content.
+    ``encryption`` (APISIX's data_encryption): the plugins' secret fields are encrypted in
+    etcd and in the snapshot, plaintext in what the store returns.
     """
 
     watch_timeout: float = WATCH_TIMEOUT
@@ -184,6 +187,7 @@ class EtcdStore(Store):
         *,
         timeout: float = 5.0,
         snapshot: str | None = None,
+        encryption: FieldEncryption | None = None,
     ) -> None:
         if isinstance(endpoints, str):
             endpoints = [endpoints]
@@ -195,6 +199,7 @@ class EtcdStore(Store):
             raise ValueError("the etcd prefix must not be empty or '/'")
         self.timeout = timeout
         self.snapshot = snapshot
+        self._encryption = encryption
         self._dir = f"{self.prefix}/"
         self._dir_key = self._dir.encode()
         self._range = {"key": _b64(self._dir_key), "range_end": _b64(_prefix_end(self._dir_key))}
@@ -300,7 +305,8 @@ class EtcdStore(Store):
         """Write ``value`` at ``key``; returns the entry and whether the key was created.
         With ``ttl``, the key is attached to a new lease of that many seconds (rounded up:
         etcd counts whole seconds), as APISIX does."""
-        data = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+        stored = self._encryption.encode(key, value) if self._encryption else value
+        data = json.dumps(stored, ensure_ascii=False, separators=(",", ":")).encode()
         body: dict[str, Any] = {
             "key": _b64(self._etcd_key(key)),
             "value": _b64(data),
@@ -386,6 +392,8 @@ class EtcdStore(Store):
                 why,
             )
             return None
+        if self._encryption is not None:
+            value = self._encryption.decode(key, value)
         return Entry(key, value, _kv_revision(kv, "create_revision"), revision)
 
     def _remember(self, key: str, revision: int, entry: Entry | None) -> None:
@@ -706,7 +714,9 @@ class EtcdStore(Store):
                 "entries": [
                     {
                         "key": e.key,
-                        "value": e.value,
+                        "value": self._encryption.encode(e.key, e.value)
+                        if self._encryption
+                        else e.value,
                         "createdIndex": e.created_index,
                         "modifiedIndex": e.modified_index,
                     }
@@ -741,9 +751,13 @@ class EtcdStore(Store):
                 doc = json.load(f)
             if doc.get("prefix") != self.prefix:
                 raise ValueError(f"it holds prefix {doc.get('prefix')!r}, not {self.prefix!r}")
+            decode = self._encryption.decode if self._encryption else lambda _, v: v
             content = {
                 item["key"]: Entry(
-                    item["key"], item["value"], item["createdIndex"], item["modifiedIndex"]
+                    item["key"],
+                    decode(item["key"], item["value"]),
+                    item["createdIndex"],
+                    item["modifiedIndex"],
                 )
                 for item in doc["entries"]
             }
