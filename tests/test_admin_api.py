@@ -69,6 +69,11 @@ def test_put_id_rules(admin: Admin) -> None:
     assert admin.put("/routes", {**ROUTE, "id": "from-body"}).status == 201
     assert admin.get("/routes/from-body").status == 200
     assert admin.put("/routes/7", {**ROUTE, "id": 7}).status == 201  # integer ids
+    assert admin.get("/routes/7").json()["value"]["id"] == "7"  # APISIX: the path's id
+    assert admin.put("/routes", {**ROUTE, "id": 8}).status == 201
+    assert admin.get("/routes/8").json()["value"]["id"] == 8  # no path id: the body's
+    assert admin.patch("/routes/8", {"desc": "d"}).json()["value"]["id"] == "8"
+    assert admin.get("//routes//7").status == 200  # nginx's merge_slashes
     bad = admin.put("/routes/" + "x" * 65, ROUTE)
     assert bad.status == 400 and 'property "id" validation failed' in error(bad)
     assert error(admin.call("PUT", "/routes/1")) == "missing configurations"
@@ -79,6 +84,8 @@ def test_time_fields_are_refused_from_clients(admin: Admin) -> None:
     assert r.status == 400 and error(r) == "the property is forbidden:  create_time"  # sic
     r = admin.put("/routes/1", {**ROUTE, "upstream": {**UPSTREAM, "update_time": 0}})
     assert error(r) == "the property is forbidden:  upstream.update_time"  # 0 is true in Lua
+    r = admin.put("/routes/1", {**ROUTE, "create_time": None})
+    assert error(r) == "the property is forbidden:  create_time"  # so is cjson.null
 
 
 def test_validation_errors_use_apisix_wording(admin: Admin) -> None:
@@ -351,9 +358,9 @@ def test_consumers_put_on_the_collection_and_credentials(admin: Admin) -> None:
 
 def test_plugin_metadata(admin: Admin) -> None:
     r = admin.put("/plugin_metadata/key-auth", {})
-    assert r.status in (201, 400)  # key-auth may have no metadata schema
-    r = admin.put("/plugin_metadata/limit-count", {"limit_header": "X-Q"})
-    assert r.status == 201
+    assert r.status == 201  # no metadata schema: APISIX injects an empty object schema
+    r = admin.put("/plugin_metadata/limit-count", {"id": "other", "limit_header": "X-Q"})
+    assert r.status == 201  # the id is the plugin's name, whatever the body says (APISIX)
     assert r.json()["value"] == {"id": "limit-count", "limit_header": "X-Q"}  # no time stamps
     r = admin.put("/plugin_metadata/no-such-plugin", {})
     assert r.status == 400 and error(r) == "invalid plugin name"
@@ -375,6 +382,16 @@ def test_plugins_schema_and_validate(admin: Admin) -> None:
     assert r.status == 400 and error(r) == "not found schema: nope"
     r = admin.get("/plugins/list?subsystem=foo")
     assert r.status == 400 and r.body == b"invalid subsystem passed"
+    # APISIX's plugins.get: all=true lists, otherwise one plugin of one subsystem
+    r = admin.get("/plugins")
+    assert r.status == 404 and error(r) == "plugin not found in subsystem http"
+    r = admin.get("/plugins/limit-count?subsystem=stream")
+    assert r.status == 404 and error(r) == "plugin not found in subsystem stream"
+    r = admin.get("/plugins/limit-count?subsystem=asdf")
+    assert r.status == 400 and error(r) == "unsupported subsystem: asdf"
+    assert admin.get("/plugins?all=true&subsystem=stream").json() == {}
+    r = admin.get("/plugins/limit-count?schema_type=consumer")
+    assert r.status == 400 and error(r) == "not found schema"
     assert error(admin.delete("/consumers")) == "missing consumer id"
     assert admin.get("/schema/route").json()["type"] == "object"
     assert admin.get("/schema/routes").status == 200

@@ -41,6 +41,9 @@ def test_401_bodies(admin_gateway: Any, caplog: pytest.LogCaptureFixture) -> Non
     wrong = Admin(admin.base, key="not-the-key").get("/routes")
     assert wrong.status == 401 and wrong.json()["description"] == "wrong apikey"
     assert b"not-the-key" not in wrong.body
+    for empty in ("/routes?api_key=", "/routes?api_key"):  # given, if empty: a wrong key
+        r = Admin(admin.base, key=None).call("GET", empty, headers={"X-API-KEY": KEY})
+        assert r.status == 401 and r.json()["description"] == "wrong apikey", empty
     assert "not-the-key" not in caplog.text and KEY not in caplog.text
 
 

@@ -72,6 +72,40 @@ def test_an_embedded_store_write_is_served_once_answered(
         assert request(gw.url, f"/now{k - 1}").status == 404, k
 
 
+def test_numbers_past_the_data_planes_types_are_served_and_nan_is_refused(
+    admin_gateway: Any, origin: Origin, engine: str
+) -> None:
+    """APISIX's schemas leave most integers unbounded (a priority or a weight of 1e23 is
+    valid): such a route is served, the writes after it too, and the node restarts on its
+    store. NaN and Infinity are not JSON: refused, as APISIX's encoder refuses them."""
+    gw, admin = admin_gateway(engine=engine)
+    huge = 99999999999999999999999
+    big = {
+        "uri": "/big",
+        "priority": huge,
+        "upstream": {
+            "nodes": [{"host": "127.0.0.1", "port": origin.port, "weight": huge, "priority": huge}],
+            "retries": huge,
+            "keepalive_pool": {"size": huge, "idle_timeout": 60, "requests": huge},
+        },
+    }
+    assert admin.put("/routes/big", big).status == 201
+    assert request(gw.url, "/big").status == 200
+    assert admin.put("/routes/after", route("/after", origin.addr)).status == 201
+    assert request(gw.url, "/after").status == 200
+    for text in (b"NaN", b"Infinity", b"-Infinity", b"1e400"):
+        timeout = b'{"connect": %s, "send": 1, "read": 1}' % text
+        body = b'{"uri": "/nan", "upstream": {"nodes": {"%s": 1}, "timeout": %s}}' % (
+            origin.addr.encode(),
+            timeout,
+        )
+        r = admin.call("PUT", "/routes/nan", raw=body)
+        assert r.status == 400 and "invalid request body: invalid number" in r.json()["error_msg"]
+    gw.stop(0)
+    again, _ = admin_gateway(engine=engine)
+    assert request(again.url, "/big").status == 200 and request(again.url, "/after").status == 200
+
+
 def test_keepalive_connections_survive_upstream_changes(
     admin_gateway: Any, origin: Origin, origin_b: Origin, engine: str
 ) -> None:

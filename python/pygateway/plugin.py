@@ -158,6 +158,9 @@ def validate_plugin_class(cls: object) -> None:
             raise PluginError(f"plugin class {label} ({name}): '{phase}' is not callable")
 
 
+_NO_METADATA_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
+
+
 def _inject_meta(schema: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``schema`` whose properties accept ``_meta`` (APISIX plugin_injected_schema)."""
     injected = dict(schema)
@@ -485,16 +488,14 @@ class PluginRegistry:
 
     # -- schema checks ------------------------------------------------------------------
 
-    def _schema(self, plugin: Plugin, schema_type: str) -> dict[str, Any] | None:
+    def _schema(self, plugin: Plugin, schema_type: str) -> dict[str, Any]:
         key = (plugin.name, schema_type)
         cached = self._schemas.get(key)
         if cached is not None:
             return cached
         if schema_type == "metadata":
-            raw = plugin.metadata_schema
-            if raw is None:
-                return None
-            schema = dict(raw)
+            # APISIX injects an empty object schema for a plugin that has none.
+            schema = dict(plugin.metadata_schema or _NO_METADATA_SCHEMA)
         elif schema_type == "consumer" and plugin.consumer_schema is not None:
             schema = _inject_meta(plugin.consumer_schema)
         else:
@@ -522,8 +523,6 @@ class PluginRegistry:
         if plugin is None:
             return f"unknown plugin [{name}]"
         schema = self._schema(plugin, schema_type)
-        if schema is None:
-            return f"no metadata schema for plugin {name}"
         if not isinstance(conf, dict):
             return f"wrong type: expected object, got {type(conf).__name__}"
         try:

@@ -311,8 +311,8 @@ class AdminApi:
             for where, part in parts:
                 if isinstance(part, dict):
                     for name in TIME_FIELDS:
-                        value = part.get(name)
-                        if value is not None and value is not False:  # Lua: 0 is true
+                        # Lua: 0 and JSON null (cjson.null) are true; false and absence not
+                        if name in part and part[name] is not False:
                             return _error(400, f"the property is forbidden:  {where}{name}")
         self._warned = False
         self._checked = checked = json_copy(conf)
@@ -421,12 +421,17 @@ class AdminApi:
                 return bad
             ident = str(conf["username"])
         else:
+            from_path = ident is not None
             if ident is None and kind.name != "plugin_metadata":
                 ident = item_id(conf["id"]) if conf.get("id") is not None else None
             if ident is None:
                 what = "plugin name" if kind.name == "plugin_metadata" else f"{kind.kind} id"
                 return _error(400, f"missing {what}")
-            if conf.get("id") is not None and item_id(conf["id"]) != ident:
+            if (
+                kind.name != "plugin_metadata"  # APISIX sets its id to the plugin's name
+                and conf.get("id") is not None
+                and item_id(conf["id"]) != ident
+            ):
                 return _error(400, f"wrong {kind.kind} id")
             if kind.name == "credentials":
                 if self.store.get(f"consumers/{owner}") is None:
@@ -434,8 +439,8 @@ class AdminApi:
                 conf["id"] = ident
             elif kind.name == "plugin_metadata":
                 conf["id"] = ident
-            else:
-                conf["id"] = conf.get("id", ident)
+            elif from_path:
+                conf["id"] = ident  # APISIX: the path's id, a string, whatever the body says
             bad = self._check(kind, self._key(kind, owner, ident), conf)
             if bad is not None:
                 return bad
@@ -519,7 +524,7 @@ class AdminApi:
             patched_times = "update_time" in body
         if conf.get("id") is not None and item_id(conf["id"]) != ident:
             return _error(400, f"wrong {kind.kind} id")
-        conf["id"] = conf.get("id", ident)
+        conf["id"] = ident  # APISIX: the path's id, a string
         if not patched_times:
             conf["update_time"] = int(self.clock())
         bad = self._check(kind, key, conf, allow_time=True)
@@ -540,7 +545,9 @@ class AdminApi:
         plugin = self.registry.get(name)
         if plugin is None or name not in self._plugin_names():
             return _error(404, "plugin not found in subsystem http")
-        if schema_type == "consumer" and plugin.consumer_schema is not None:
+        if schema_type == "consumer":
+            if plugin.consumer_schema is None:
+                return _error(400, "not found schema")
             return 200, plugin.consumer_schema
         if schema_type == "metadata":
             return 200, plugin.metadata_schema or {}
@@ -560,16 +567,22 @@ class AdminApi:
         if method != "GET":
             return _error(404, "not found")
         subsystem = args.get("subsystem", "http")
-        if subsystem not in ("http", "stream"):
-            return 400, "invalid subsystem passed"  # APISIX answers the bare text
-        if subsystem == "stream":
-            return 200, [] if rest == ["list"] else {}
         if rest == ["list"]:
+            if subsystem not in ("http", "stream"):
+                return 400, "invalid subsystem passed"  # APISIX answers the bare text
+            if subsystem == "stream":
+                return 200, []
             # APISIX lists them by priority, highest first.
             found = [p for p in map(self.registry.get, self._plugin_names()) if p is not None]
             return 200, [p.name for p in sorted(found, key=lambda p: (-p.priority, p.name))]
-        if rest:
+        if subsystem not in ("http", "stream"):
+            return _error(400, f"unsupported subsystem: {subsystem}")
+        if args.get("all") != "true":
+            if subsystem == "stream" or not rest:  # no stream plugins here
+                return _error(404, f"plugin not found in subsystem {subsystem}")
             return self._plugin_schema(rest[0], args.get("schema_type", "schema"))
+        if subsystem == "stream":
+            return 200, {}
         described: dict[str, Any] = {}
         for name in self._plugin_names():
             plugin = self.registry[name]

@@ -14,6 +14,7 @@ import ipaddress
 import json
 import logging
 import math
+import re
 import socket
 import threading
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ __all__ = ["MAX_BODY", "PREFIX", "AdminServer", "check_token"]
 log = logging.getLogger("pygateway.admin")
 
 PREFIX = "/apisix/admin"
+_SLASHES = re.compile("//+")
 MAX_BODY = 1536 * 1024
 """APISIX's limit on an Admin API request body (1.5 MiB)."""
 
@@ -171,11 +173,15 @@ class AdminServer:
         return any(addr in net for net in self._allow)
 
     def _token(self, request: web.Request) -> str | None:
-        return (
-            request.query.get("api_key")
-            or request.headers.get("X-API-KEY")
-            or request.cookies.get("x_api_key")
-        )
+        # The first one given, even empty (APISIX: "" is a key, and a wrong one).
+        for found in (
+            request.query.get("api_key"),
+            request.headers.get("X-API-KEY"),
+            request.cookies.get("x_api_key"),
+        ):
+            if found is not None:
+                return found
+        return None
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)``: here when the store is local (a write is a short ``fsync``; a
@@ -188,7 +194,7 @@ class AdminServer:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if not self._allowed(request.remote):
             return _json(403, {"error_msg": "client address not allowed (allow_admin)"})
-        path = request.path.rstrip("/")
+        path = _SLASHES.sub("/", request.path).rstrip("/")  # nginx's merge_slashes
         if path != PREFIX and not path.startswith(PREFIX + "/"):
             return _json(404, {"error_msg": "not found"})
         method = request.method

@@ -57,6 +57,17 @@ def _num(value: Any) -> Any:
     return value
 
 
+_U32 = 2**32 - 1
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+
+
+def _int(value: Any, low: int, high: int) -> int:
+    """An integer field as the data plane's type holds it. APISIX's schemas bound few of
+    them (a weight or a priority of 1e23 is valid there); past the type's range, the end of
+    the range stands for it."""
+    return max(low, min(high, int(value)))
+
+
 def _timeout(value: Any) -> JSON | None:
     if not isinstance(value, dict):
         return None
@@ -83,7 +94,7 @@ def _nodes(nodes: Any, scheme: str) -> list[JSON]:
                 {
                     "host": host,
                     "port": default_port if port is None else port,
-                    "weight": int(weight),
+                    "weight": _int(weight, 0, _U32),
                     "priority": 0,
                 }
             )
@@ -94,8 +105,8 @@ def _nodes(nodes: Any, scheme: str) -> list[JSON]:
                 {
                     "host": _bracket_v6(node["host"]),
                     "port": default_port if port is None else int(port),
-                    "weight": int(node["weight"]),
-                    "priority": int(node.get("priority", 0)),
+                    "weight": _int(node["weight"], 0, _U32),
+                    "priority": _int(node.get("priority", 0), _I64_MIN, _I64_MAX),
                 }
             )
     return out
@@ -111,13 +122,17 @@ def compile_upstream(key: str, conf: JSON) -> JSON:
         "key": key,
         "nodes": _nodes(conf.get("nodes"), scheme),
         "type": conf.get("type", "roundrobin"),
-        "retries": None if retries is None else int(retries),
+        "retries": None if retries is None else _int(retries, 0, _U32),
         "retry_timeout": None if retry_timeout is None else _num(retry_timeout),
         "timeout": _timeout(conf.get("timeout")),
         "pass_host": conf.get("pass_host", "pass"),
         "upstream_host": conf.get("upstream_host"),
         "scheme": scheme,
-        "keepalive_pool": {k: _num(pool[k]) for k in ("size", "idle_timeout", "requests")},
+        "keepalive_pool": {
+            "size": _int(pool["size"], 0, _U32),
+            "idle_timeout": _num(pool["idle_timeout"]),
+            "requests": _int(pool["requests"], 0, _I64_MAX),
+        },
     }
 
 
@@ -184,7 +199,7 @@ def compile_route(route: Item, config: Config) -> JSON:
         "methods": list(conf["methods"]) if conf.get("methods") else None,
         "remote_addrs": remote_addrs,
         "vars": json_copy(conf["vars"]) if conf.get("vars") else None,
-        "priority": int(conf.get("priority", 0)),
+        "priority": _int(conf.get("priority", 0), _I64_MIN, _I64_MAX),
         "upstream": _upstream_key(route, service),
         "timeout": _timeout(conf.get("timeout")),
         "service_id": _sid(conf["service_id"]) if "service_id" in conf else None,

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, ConfigIssue
-from .jsonvalue import TOO_DEEP, check_depth, json_copy, loads
+from .jsonvalue import TOO_DEEP, check_value, json_copy, loads
 from .plugins import NO_PLUGINS, PluginCatalog, RestrictedCatalog
 from .resources import CHECKERS
 from .schema import PLUGINS_LIST
@@ -231,9 +231,11 @@ def _parse_text(text: str, source: str, fmt: str, env: Mapping[str, str]) -> tup
         raise ConfigError([_file_issue(str(err), source)]) from None
     try:
         data = yaml.load(resolved, Loader=_Loader)  # a SafeLoader subclass
-        check_depth(data)
-    except (RecursionError, ValueError):
+        check_value(data)
+    except RecursionError:
         raise ConfigError([_file_issue(f"invalid YAML: {TOO_DEEP}", source)]) from None
+    except ValueError as err:
+        raise ConfigError([_file_issue(f"invalid YAML: {err}", source)]) from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line = mark.line + 1 if mark is not None else None
