@@ -4,6 +4,7 @@
 misbehave on purpose:
 
 * ``/status/<code>``: answer with that status;
+* ``/reason/<code>/<phrase>``: answer with that status line;
 * ``/sleep/<seconds>``: wait before answering;
 * ``/stream/<n>``: a chunked body of ``n`` chunks, 50 ms apart;
 * ``/reset-before-headers``: close the socket (RST) without answering;
@@ -20,6 +21,7 @@ import socketserver
 import struct
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -91,9 +93,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
             return
         body = self._read_body()
-        status = 200
+        status, reason = 200, None
         if path.startswith("/status/"):
             status = int(path.rsplit("/", 1)[1])
+        if path.startswith("/reason/"):  # /reason/<code>/<phrase>: a status line of one's own
+            _, _, code, phrase = path.split("/", 3)
+            status, reason = int(code), urllib.parse.unquote(phrase)
         payload = json.dumps(
             {
                 "origin": origin.name,
@@ -105,10 +110,12 @@ class _Handler(BaseHTTPRequestHandler):
                 "peer": list(self.client_address),
             }
         ).encode()
-        self.send_response(status)
+        self.send_response(status, reason)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
         self.send_header("X-Origin", origin.name)
+        if "x-echo" in self.headers:  # sent back byte for byte (http.server reads latin-1)
+            self.send_header("X-Echo", self.headers["x-echo"])
         self.send_header("Keep-Alive", "timeout=5")
         if path == "/accel":  # headers nginx keeps for itself, and one it relays
             self.send_header("X-Accel-Buffering", "no")

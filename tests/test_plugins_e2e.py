@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from typing import Any, ClassVar
 
 import pytest
-from conftest import request, route
+from conftest import raw, request, route
 from pygateway import ConfigError, Gateway
 from pygateway.ctx import RequestBodyTooLarge
 from pygateway.pipeline import nginx_page
@@ -517,6 +518,26 @@ def test_regex_uri_keeps_an_encoded_question_mark_in_the_path(origin, engine):
         assert r.json()["path"] == "/x/foo%3Fbar?a=1"
         plain = request(gw.url, "/pr1/foo?a=1")
         assert plain.json()["path"] == "/x/foo?a=1"
+
+
+def test_non_ascii_header_bytes_are_the_same_on_both_engines(origin, engine):
+    """UTF-8 in headers: plugins read it as text (proxy-rewrite escapes its bytes into the
+    uri, as APISIX), a value a plugin sets goes upstream as UTF-8, and an upstream's
+    response header is relayed byte for byte."""
+    plugins = {"proxy-rewrite": {"uri": "/v/$http_y", "headers": {"set": {"X-Set": "é€"}}}}
+    routes = [route("/u8", origin.addr, plugins=plugins)]
+    with Gateway(config={"routes": routes}, listen=["127.0.0.1:0"], workers=1, engine=engine) as gw:
+        reply = raw(
+            gw.url,
+            b"GET /u8 HTTP/1.1\r\nHost: a\r\nY: \xc3\xa9\r\nX-Echo: \xc3\xa9t\xc3\xa9\r\n"
+            b"Connection: close\r\n\r\n",
+        )
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert b"\r\nx-echo: \xc3\xa9t\xc3\xa9" in head.lower(), head
+    echo = json.loads(body)
+    assert echo["path"] == "/v/%C3%A9"
+    assert echo["headers"]["x-set"].encode("latin-1") == "é€".encode()
 
 
 def test_response_rewrite_adds_separate_header_lines(origin, engine):

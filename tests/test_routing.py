@@ -424,6 +424,8 @@ def test_host_match_is_case_insensitive_and_ignores_the_port(
         case("/c", "a", host="Foo.Com:80"),
         case("/d", "a", host="bar.com"),
         case("/d", "a", host="BAR.com:8080"),
+        case("/c", "a", host="foo.com."),  # nginx's $host drops a trailing dot
+        case("/c", "a", host="Foo.com.:80"),
         case("/c", NOT_FOUND, host="foo.co"),
     )
 

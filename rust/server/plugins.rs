@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response, StatusCode, Uri};
+use hyper::ext::ReasonPhrase;
 use tokio::sync::oneshot;
 
 use super::body::{FilteredBody, RequestBody, ResponseBody};
@@ -259,7 +260,10 @@ pub fn response(
     body: Bytes,
 ) -> Response<ResponseBody> {
     let mut r = Response::new(ResponseBody::Full(Some(body)));
-    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    set_status(
+        &mut r,
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+    );
     append(r.headers_mut(), headers);
     r.headers_mut()
         .insert(http::header::SERVER, HeaderValue::from_static(SERVER));
@@ -273,7 +277,9 @@ pub fn replace_head(
     headers: Vec<(String, String)>,
 ) {
     if let Ok(s) = StatusCode::from_u16(status) {
-        *resp.status_mut() = s;
+        if s != resp.status() {
+            set_status(resp, s);
+        }
     }
     let h = resp.headers_mut();
     let length = h.get(http::header::CONTENT_LENGTH).cloned();
@@ -281,6 +287,17 @@ pub fn replace_head(
     append(h, headers);
     if let Some(l) = length {
         h.insert(http::header::CONTENT_LENGTH, l);
+    }
+}
+
+/// Sets a status a plugin chose: the upstream's reason phrase (if relayed) no longer
+/// applies, and a code without a canonical phrase gets an empty one (hyper would write
+/// `<none>`), as the python engine's aiohttp does.
+fn set_status(resp: &mut Response<ResponseBody>, status: StatusCode) {
+    *resp.status_mut() = status;
+    resp.extensions_mut().remove::<ReasonPhrase>();
+    if status.canonical_reason().is_none() {
+        resp.extensions_mut().insert(ReasonPhrase::from_static(b""));
     }
 }
 

@@ -11,6 +11,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
+use hyper::ext::ReasonPhrase;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -954,6 +955,12 @@ fn respond(
     let mut r = Response::new(ResponseBody::Upstream(body));
     *r.status_mut() = status;
     *r.headers_mut() = headers;
+    if let Some(reason) = head.reason {
+        // hyper would write "<none>" for a code it has no phrase for.
+        if let Ok(phrase) = ReasonPhrase::try_from(reason) {
+            r.extensions_mut().insert(phrase);
+        }
+    }
     r
 }
 
@@ -1204,7 +1211,10 @@ pub fn html_error(status: StatusCode) -> Response<ResponseBody> {
 
 fn bad_request(e: BadRequest) -> Response<ResponseBody> {
     log::info!("bad request: {e:?}");
-    let mut r = html_error(StatusCode::BAD_REQUEST);
+    let mut r = html_error(match e {
+        BadRequest::Coding => StatusCode::NOT_IMPLEMENTED,
+        _ => StatusCode::BAD_REQUEST,
+    });
     r.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     r

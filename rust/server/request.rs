@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
-use http::header::{COOKIE, HOST};
+use http::header::{COOKIE, HOST, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::{HeaderName, Version};
 
@@ -20,6 +20,11 @@ pub enum BadRequest {
     HostMismatch,
     /// A path that cannot be made canonical (bad escape, NUL, `..` above the root).
     Path,
+    /// Several `Transfer-Encoding` lines.
+    Framing,
+    /// A `Transfer-Encoding` other than `chunked` alone (nginx: 501, "unknown
+    /// Transfer-Encoding"): a coding the gateway would drop on the way upstream.
+    Coding,
 }
 
 /// The request as the router and plugins see it.
@@ -48,6 +53,16 @@ impl<'a> RequestView<'a> {
     ) -> Result<Self, BadRequest> {
         let host = request_host(parts)?;
         let path = normalize_path(parts.uri.path()).ok_or(BadRequest::Path)?;
+        let mut codings = parts.headers.get_all(TRANSFER_ENCODING).iter();
+        if let Some(te) = codings.next() {
+            if codings.next().is_some() {
+                return Err(BadRequest::Framing);
+            }
+            // hyper took the body as chunked (its last coding); any other is not undone.
+            if !te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err(BadRequest::Coding);
+            }
+        }
         let client = client_addr(parts, peer.ip(), trusted);
         Ok(RequestView {
             parts,
@@ -196,6 +211,12 @@ pub fn request_host(parts: &Parts) -> Result<Cow<'_, str>, BadRequest> {
         (None, None) => return Err(BadRequest::Host),
     };
     let name = strip_port(raw).ok_or(BadRequest::Host)?;
+    // nginx's $host: one trailing dot dropped ("a.example.com." is a.example.com), and an
+    // empty label refused.
+    if name.contains("..") || name.starts_with('.') {
+        return Err(BadRequest::Host);
+    }
+    let name = name.strip_suffix('.').unwrap_or(name);
     if name.bytes().any(|b| b.is_ascii_uppercase()) {
         Ok(Cow::Owned(name.to_ascii_lowercase()))
     } else {
@@ -364,6 +385,8 @@ mod tests {
         assert_eq!(request_host(&p).unwrap(), "foo.com");
         let p = parts("/", &[("host", "[::1]:80")]);
         assert_eq!(request_host(&p).unwrap(), "[::1]");
+        let p = parts("/", &[("host", "A.example.com.:80")]);
+        assert_eq!(request_host(&p).unwrap(), "a.example.com");
     }
 
     #[test]
@@ -385,6 +408,13 @@ mod tests {
             request_host(&parts("/", &[("host", "a:x")])),
             Err(BadRequest::Host)
         );
+        for bad in ["a..b", ".a", "a.."] {
+            assert_eq!(
+                request_host(&parts("/", &[("host", bad)])),
+                Err(BadRequest::Host),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -82,6 +82,9 @@ pub struct ResponseHead {
     pub framing: Framing,
     /// Whether the connection may carry another request afterwards.
     pub reusable: bool,
+    /// The status line's reason phrase when it is not the status code's canonical one
+    /// (nginx relays the upstream's status line as it is).
+    pub reason: Option<Bytes>,
 }
 
 impl H1Conn {
@@ -216,6 +219,10 @@ impl H1Conn {
         let code = resp.code.unwrap_or(0);
         let status =
             StatusCode::from_u16(code).map_err(|_| ExchangeError::Malformed("invalid status"))?;
+        let reason = resp
+            .reason
+            .filter(|r| status.canonical_reason() != Some(*r))
+            .map(|r| Bytes::copy_from_slice(r.as_bytes()));
         // A 101 keeps its Upgrade header: the gateway's own 101 to the client names it.
         let switching = status == StatusCode::SWITCHING_PROTOCOLS;
         let version = if resp.version == Some(0) {
@@ -265,6 +272,7 @@ impl H1Conn {
             headers,
             framing,
             reusable,
+            reason,
         }))
     }
 }

@@ -53,6 +53,7 @@ from .request import (
     BadRequest,
     RequestInfo,
     client_addr,
+    header_text,
     normalize_path,
     request_host,
     split_target,
@@ -158,6 +159,19 @@ def _sock_addr(sock: socket.socket) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+MAX_REQUEST_HEADERS = 100
+"""Header fields a request may have: past it, 431 (hyper's default, the native plane's)."""
+
+_REASONS = {
+    203: "Non Authoritative Information",
+    413: "Payload Too Large",
+    414: "URI Too Long",
+    416: "Range Not Satisfiable",
+    418: "I'm a teapot",
+}
+"""The phrases of the native plane (the http crate's) where Python's differ."""
+
+
 class _Response(web.StreamResponse):
     """A response whose headers are exactly the gateway's (no default Content-Type)."""
 
@@ -217,12 +231,12 @@ class _Request:
 
     def headers(self) -> list[tuple[str, str]]:
         info = self._info
-        if info.peer_trusted:
-            return info.headers
         # As the native plane (and APISIX): X-Forwarded-Proto is the gateway's own scheme
         # unless the peer is a trusted proxy.
-        kept = [(n, v) for n, v in info.headers if n != "x-forwarded-proto"]
-        kept.append(("x-forwarded-proto", "http"))
+        trusted = info.peer_trusted
+        kept = [(n, header_text(v)) for n, v in info.headers if trusted or n != "x-forwarded-proto"]
+        if not trusted:
+            kept.append(("x-forwarded-proto", "http"))
         return kept
 
     def params(self) -> list[tuple[str, str]]:
@@ -271,7 +285,9 @@ class _Handler(web_protocol.RequestHandler):
     ) -> web.StreamResponse:
         if status == 400 and isinstance(exc, LineTooLong):
             status = 431
-        if status >= 500:
+        if isinstance(exc, ConnectionError):  # the client went away: nothing to answer
+            log.info("client connection lost: %s", exc)
+        elif status >= 500:
             log.error("error handling a request", exc_info=exc)
         reply = html_error(status)
         resp = web.Response(
@@ -601,6 +617,16 @@ class PythonDataPlane:
         if request.method == "TRACE":
             # nginx refuses TRACE before any phase runs ("client sent TRACE method").
             return await self._send(request, html_error(405), None)
+        if len(request.raw_headers) > MAX_REQUEST_HEADERS:  # the native plane's (hyper's) limit
+            reply = html_error(431)
+            reply.headers.append(("connection", "close"))
+            return await self._send(request, reply, None)
+        codings = request.headers.getall("Transfer-Encoding", ())  # aiohttp: one at most
+        if codings and codings[0].strip().lower() != "chunked":
+            # nginx: 501 "unknown Transfer-Encoding"; a coding would be dropped upstream
+            reply = html_error(501)
+            reply.headers.append(("connection", "close"))
+            return await self._send(request, reply, None)
         try:
             info = self._info(request)
         except BadRequest as err:
@@ -765,15 +791,21 @@ class PythonDataPlane:
                 close = True
             headers.append((name, value))
         whole = isinstance(reply.body, bytes)
-        resp = (_WholeResponse if whole else _Response)(status=reply.status, headers=headers)
+        reason = reply.reason if reply.reason is not None else _REASONS.get(reply.status)
+        resp = (_WholeResponse if whole else _Response)(
+            status=reply.status, reason=reason, headers=headers
+        )
         if reply.length is not None:
             resp.content_length = reply.length
         if close:
             resp.force_close()
+        head_only = request.method == "HEAD"
+        if head_only and isinstance(reply.body, bytes) and reply.length is None:
+            resp.content_length = len(reply.body)
         try:
             await resp.prepare(request)
             if isinstance(reply.body, bytes):
-                if reply.body:
+                if reply.body and not head_only:  # HEAD: the head alone, as nginx
                     await resp.write(reply.body)  # with the head, in one write
             else:
                 try:
@@ -1016,8 +1048,9 @@ def _with_sync_variants(plan: Plan) -> Plan:
 
 def _replace_head(reply: Reply, status: int, headers: list[tuple[str, str]]) -> None:
     """header_filter's status and headers; the body's framing stays the gateway's."""
-    if 100 <= status <= 999:
+    if 100 <= status <= 999 and status != reply.status:
         reply.status = status
+        reply.reason = None  # the upstream's phrase was for its status
     length = [(n, v) for n, v in reply.headers if n.lower() == "content-length"]
     # A reply's own headers are well-formed (parsed from the upstream, or the gateway's).
     reply.headers = [*plugin_headers(headers, set(reply.headers)), *length[:1]]

@@ -16,7 +16,7 @@ from aiohttp import StreamReader
 
 from .._version import __version__
 from ..pipeline import nginx_page
-from .request import RequestInfo
+from .request import RequestInfo, header_wire
 from .upstream import (
     ClosedEarly,
     ConnectFailed,
@@ -110,6 +110,8 @@ class Reply:
     """Called once the body is over (``True`` when it ended cleanly)."""
     tunnel: tuple[UpstreamConn, float] | None = None
     """After a 101: the upstream connection to join the client's to, and the idle timeout."""
+    reason: str | None = None
+    """The upstream's reason phrase; None: the status code's own."""
 
     def header(self, name: str) -> str | None:
         for n, v in self.headers:
@@ -206,7 +208,7 @@ def apply_header_changes(headers: HeaderList, changes: Changes) -> None:
     for name, value in changes.set_headers:
         lname = name.lower()
         if _valid_header(name, value) and lname not in FRAMING:
-            headers.set(lname, value)
+            headers.set(lname, header_wire(value))
 
 
 # -- the request body -------------------------------------------------------------------
@@ -649,11 +651,11 @@ def _respond(
     conn.served += 1
     if framing == "empty":
         _release(conn, node, head.reusable)
-        return Reply(head.status, headers, b"", length)
+        return Reply(head.status, headers, b"", length, reason=head.reason)
     whole = conn.buffered_body(head)
     if whole is not None:  # the common small response: no stream to drive
         _release(conn, node, head.reusable)
-        return Reply(head.status, headers, whole, length)
+        return Reply(head.status, headers, whole, length, reason=head.reason)
 
     async def stream() -> AsyncIterator[tuple[bytes, bool]]:
         ok = False
@@ -667,7 +669,7 @@ def _respond(
             else:
                 conn.abort()
 
-    return Reply(head.status, headers, stream(), length)
+    return Reply(head.status, headers, stream(), length, reason=head.reason)
 
 
 def _release(conn: UpstreamConn, node: Node, reusable: bool) -> None:

@@ -47,8 +47,23 @@ def _strip_port(raw: str) -> str:
     return host
 
 
+def header_text(wire: str) -> str:
+    """A request header value as plugins see it (the native plane's view): its bytes
+    (here as latin-1 text, one character per byte) read as UTF-8, invalid bytes replaced."""
+    return wire if wire.isascii() else wire.encode("latin-1").decode("utf-8", "replace")
+
+
+def header_wire(text: str) -> str:
+    """A header value a plugin set, as latin-1 text of its UTF-8 bytes (what the native
+    plane sends): the form the upstream head is encoded from."""
+    return text if text.isascii() else text.encode("utf-8").decode("latin-1")
+
+
 def split_target(target: str) -> tuple[str | None, str]:
-    """A request target → (authority of an absolute-form target, path and query)."""
+    """A request target → (authority of an absolute-form target, path and query). A
+    fragment (which clients should not send) is dropped, as nginx's ``$uri`` and the native
+    plane's parser do."""
+    target = target.partition("#")[0]
     scheme, sep, rest = target.partition("://")
     if sep and scheme and "/" not in scheme and not target.startswith("/"):
         cut = len(rest)
@@ -82,7 +97,11 @@ def request_host(host_headers: Sequence[str], authority: str | None, http10: boo
         raw = ""
     else:
         raise BadRequest("host")
-    return _strip_port(raw).lower()
+    # nginx's $host: one trailing dot dropped, and an empty label refused.
+    name = _strip_port(raw).lower()
+    if ".." in name or name.startswith("."):
+        raise BadRequest("host")
+    return name.removesuffix(".")
 
 
 def normalize_path(raw: str) -> str:

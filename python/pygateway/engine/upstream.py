@@ -42,7 +42,7 @@ MAX_SCHEDULE = 4096
 READ_CHUNK = 64 * 1024
 
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_STATUS_LINE = re.compile(rb"^HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?$")
+_STATUS_LINE = re.compile(rb"^HTTP/1\.([01]) ([0-9]{3})(?: ([^\r\n]*))?$")
 _HOP_BY_HOP = frozenset(
     ("keep-alive", "proxy-connection", "te", "upgrade", "trailer", "proxy-authenticate")
 )
@@ -189,6 +189,8 @@ class ResponseHead:
     """``empty``, ``length``, ``chunked`` or ``close``."""
     length: int
     reusable: bool
+    reason: str | None = None
+    """The status line's reason phrase (relayed as nginx relays it)."""
 
 
 class UpstreamConn:
@@ -307,7 +309,10 @@ class UpstreamConn:
             if _BAD_VALUE.search(value):
                 raise Malformed("invalid header value")
             lname = name.decode("ascii").lower()
-            text = value.decode("latin-1")
+            try:  # aiohttp writes headers as UTF-8: relayed byte for byte when they are
+                text = value.decode("utf-8")
+            except UnicodeDecodeError:
+                text = value.decode("latin-1")
             if lname == "transfer-encoding":
                 te.append(text)
             elif lname == "connection":
@@ -324,7 +329,8 @@ class UpstreamConn:
         if tokens:
             named = set(tokens) - ({"upgrade"} if switching else set())
             headers = [(n, v) for n, v in headers if n not in named]
-        return ResponseHead(status, headers, framing, length, reusable)
+        reason = (m.group(3) or b"").decode("latin-1")
+        return ResponseHead(status, headers, framing, length, reusable, reason)
 
     def buffered_body(self, head: ResponseHead) -> bytes | None:
         """The whole body of a ``length`` response when it has already arrived (else None)."""
