@@ -483,6 +483,8 @@ def test_head_request(gateway, origin):
         (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", b"400"),
         (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", b"400"),
         (b"GET / HTTP/1.1\r\nHost: a..b\r\n\r\n", b"400"),  # an empty label (nginx)
+        (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", b"400"),  # not in an HTTP/1 request line
+        (b"GET /\r\n\r\n", b"400"),  # HTTP/0.9
         (b"GET http://a/ HTTP/1.1\r\nHost: b\r\n\r\n", b"400"),
         (
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",

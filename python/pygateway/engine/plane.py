@@ -311,9 +311,18 @@ def _request_factory(
     writer: Any,
     task: asyncio.Task[None],
 ) -> web.BaseRequest:
-    if message is web_protocol.ERROR:
+    unsupported = message is not web_protocol.ERROR and message.version not in _VERSIONS
+    if message is web_protocol.ERROR or unsupported:
         message = message._replace(version=HttpVersion11)  # error pages are HTTP/1.1
-    return web.BaseRequest(message, payload, protocol, writer, task, protocol._loop)
+    request = _HttpRequest(message, payload, protocol, writer, task, protocol._loop)
+    # HTTP/0.9, or HTTP/2.0 in an HTTP/1 request line: 400, as the native plane (hyper) answers
+    request.unsupported_version = unsupported
+    return request
+
+
+class _HttpRequest(web.BaseRequest):
+    unsupported_version = False
+    """The request line named a version other than HTTP/1.0 and 1.1."""
 
 
 class PythonDataPlane:
@@ -617,6 +626,10 @@ class PythonDataPlane:
         if request.method == "TRACE":
             # nginx refuses TRACE before any phase runs ("client sent TRACE method").
             return await self._send(request, html_error(405), None)
+        if isinstance(request, _HttpRequest) and request.unsupported_version:
+            reply = html_error(400)
+            reply.headers.append(("connection", "close"))
+            return await self._send(request, reply, None)
         if len(request.raw_headers) > MAX_REQUEST_HEADERS:  # the native plane's (hyper's) limit
             reply = html_error(431)
             reply.headers.append(("connection", "close"))
