@@ -374,6 +374,10 @@ def test_plugins_schema_and_validate(admin: Admin) -> None:
     assert "key-auth" in names and priorities == sorted(priorities, reverse=True)
     schema = admin.get("/plugins/key-auth").json()
     assert schema["type"] == "object"
+    # as APISIX shows it: _meta injected, and marked (t/admin/plugins.t)
+    assert schema["$comment"] == "this is a mark for our injected plugin schema"
+    assert "_meta" in schema["properties"]
+    assert admin.get("/schema/plugins/key-auth").json() == schema
     assert "key" in admin.get("/plugins/key-auth?schema_type=consumer").json()["properties"]
     everything = admin.get("/plugins?all=true").json()
     assert everything["key-auth"]["type"] == "auth" and "priority" in everything["key-auth"]

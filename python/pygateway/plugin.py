@@ -161,12 +161,18 @@ def validate_plugin_class(cls: object) -> None:
 _NO_METADATA_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
 
 
+INJECTED_MARK = "this is a mark for our injected plugin schema"
+"""APISIX's ``$comment`` on a plugin schema it injected ``_meta`` into."""
+
+
 def _inject_meta(schema: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``schema`` whose properties accept ``_meta`` (APISIX plugin_injected_schema)."""
+    """A copy of ``schema`` whose properties accept ``_meta`` (APISIX plugin_injected_schema),
+    marked as APISIX marks it."""
     injected = dict(schema)
     props = dict(injected.get("properties") or {})
     props["_meta"] = PLUGIN_INJECTED_META
     injected["properties"] = props
+    injected["$comment"] = INJECTED_MARK
     return injected
 
 
@@ -502,6 +508,11 @@ class PluginRegistry:
             schema = _inject_meta(plugin.schema)
         self._schemas[key] = schema
         return schema
+
+    def route_schema(self, name: str) -> dict[str, Any] | None:
+        """Plugin ``name``'s schema as APISIX shows it (``_meta`` injected and marked)."""
+        plugin = self._instances.get(name)
+        return self._schema(plugin, "schema") if plugin is not None else None
 
     def encrypt_fields(self, name: str, schema_type: str = "schema") -> tuple[str, ...]:
         """The ``encrypt_fields`` of plugin ``name``'s schema of that type (APISIX: the

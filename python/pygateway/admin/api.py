@@ -551,7 +551,7 @@ class AdminApi:
             return 200, plugin.consumer_schema
         if schema_type == "metadata":
             return 200, plugin.metadata_schema or {}
-        return 200, plugin.schema
+        return 200, self.registry.route_schema(name)
 
     def _plugins(self, method: str, rest: list[str], args: Mapping[str, str]) -> Reply:
         if rest == ["reload"]:
@@ -589,7 +589,7 @@ class AdminApi:
             info: dict[str, Any] = {
                 "priority": plugin.priority,
                 "version": plugin.version,
-                "schema": plugin.schema,
+                "schema": self.registry.route_schema(name),
             }
             if plugin.consumer_schema is not None:
                 info["consumer_schema"] = plugin.consumer_schema
