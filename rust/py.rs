@@ -8,7 +8,7 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 
-use crate::config::ChangeSet;
+use crate::config::{seconds, ChangeSet};
 use crate::pipeline::{Changes, Held, Job, Outcome, Phase};
 use crate::router::PathMode;
 use crate::server::{Gateway, GatewayError, Settings};
@@ -56,7 +56,7 @@ impl PyDataPlane {
             workers,
             path_mode,
             trusted_addresses,
-            header_read_timeout: Duration::from_secs_f64(header_read_timeout),
+            header_read_timeout: seconds(header_read_timeout),
             demo_origin,
             debug,
         };
@@ -83,7 +83,7 @@ impl PyDataPlane {
 
     /// Stops accepting; in-flight requests get `drain_timeout` seconds to finish.
     fn stop(&self, py: Python<'_>, drain_timeout: f64) {
-        let drain = Duration::from_secs_f64(drain_timeout.max(0.0));
+        let drain = seconds(drain_timeout);
         py.detach(|| self.inner.stop(drain));
     }
 
@@ -118,7 +118,7 @@ impl PyDataPlane {
     /// there is none; an empty list after a timeout or [`interrupt`](Self::interrupt).
     fn wait_jobs(&self, py: Python<'_>, timeout: f64) -> Vec<PyJob> {
         let bridge = self.inner.bridge();
-        let wait = Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
+        let wait = seconds(timeout.min(3600.0));
         let jobs: Vec<PyJob> = py
             .detach(|| bridge.wait_all(wait))
             .into_iter()

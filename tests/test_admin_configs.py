@@ -131,6 +131,20 @@ def test_bad_requests_change_nothing(admin_gateway: Any, origin: Origin) -> None
     assert put_configs(admin, dup, "x").json() == {"error_msg": "found duplicate id b in routes"}
     dangling = put_configs(admin, {"routes": [{"id": "c", "uri": "/c", "upstream_id": "n"}]}, "x")
     assert dangling.status == 400 and "upstream" in dangling.json()["error_msg"]
+    # YAML holds what JSON cannot: infinite numbers, and aliases that multiply a small text
+    yaml_type = {"Content-Type": "application/yaml"}
+    nan = f"routes:\n- id: n\n  uri: /n\n  upstream:\n    nodes: {{'{origin.addr}': 1}}\n"
+    nan += "    timeout: {connect: .nan, send: 1, read: 1}\n"
+    r = put_configs(admin, nan.encode(), "x", **yaml_type)
+    assert r.status == 400 and "invalid number" in r.json()["error_msg"]
+    bomb = "a: &a [1,1,1,1,1,1,1,1,1,1]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8)
+    )
+    r = put_configs(admin, bomb.encode(), "x", **yaml_type)
+    assert r.status == 400 and "more than" in r.json()["error_msg"]
+    deep = ("routes: " + "[" * 3000 + "]" * 3000 + "\n").encode()
+    r = put_configs(admin, deep, "x", **yaml_type)
+    assert r.status == 400 and "nested deeper than" in r.json()["error_msg"]
 
     assert admin.get("/configs").headers["x-digest"] == "ok"
     assert request(gw.url, "/a").status == 200

@@ -93,6 +93,31 @@ def test_numbers_past_the_data_planes_types_are_served_and_nan_is_refused(
     assert request(gw.url, "/big").status == 200
     assert admin.put("/routes/after", route("/after", origin.addr)).status == 201
     assert request(gw.url, "/after").status == 200
+    # seconds past what a Duration holds, and plugin integers past their types
+    far = 1e300
+    slow = {
+        "uri": "/far",
+        "timeout": {"connect": far, "send": far, "read": far},
+        "plugins": {
+            "limit-count": {"count": huge, "time_window": 1e20, "key": "remote_addr"},
+            "limit-conn": {
+                "conn": huge,
+                "burst": huge,
+                "default_conn_delay": far,
+                "key": "remote_addr",
+            },
+            "limit-req": {"rate": far, "burst": far, "key": "remote_addr"},
+        },
+        "upstream": {
+            "nodes": {origin.addr: 1},
+            "retry_timeout": far,
+            "keepalive_pool": {"size": 10, "idle_timeout": far, "requests": 10},
+        },
+    }
+    assert admin.put("/routes/far", slow).status == 201
+    assert request(gw.url, "/far").status == 200
+    assert admin.put("/routes/later", route("/later", origin.addr)).status == 201
+    assert request(gw.url, "/later").status == 200
     for text in (b"NaN", b"Infinity", b"-Infinity", b"1e400"):
         timeout = b'{"connect": %s, "send": 1, "read": 1}' % text
         body = b'{"uri": "/nan", "upstream": {"nodes": {"%s": 1}, "timeout": %s}}' % (

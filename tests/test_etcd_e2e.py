@@ -186,9 +186,11 @@ def test_data_encryption_off_or_with_its_own_keyring(
         "b-key", own
     )
     assert admin_own.get("/consumers/b").json()["value"]["plugins"]["key-auth"]["key"] == "b-key"
-    # the node without encryption sees what etcd holds
-    wait_for_value = admin_off.get("/consumers/b").json()["value"]["plugins"]["key-auth"]["key"]
-    assert wait_for_value == apisix_encrypt("b-key", own)
+    # the node without encryption sees what etcd holds, once its watch brings it
+    deadline = time.monotonic() + SERVED_WITHIN
+    while (seen := admin_off.get("/consumers/b")).status == 404 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen.json()["value"]["plugins"]["key-auth"]["key"] == apisix_encrypt("b-key", own)
 
 
 def test_invalid_updates_from_etcd_keep_the_last_valid_config_serving(

@@ -3,6 +3,8 @@
 //! Python validates APISIX objects and resolves every reference; what arrives here is
 //! already flat (see `docs/CONTRACT-snapshot.md`). These types only deserialize it.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
 /// A set of changes applied as one step: a full load is a change set of upserts only.
@@ -181,6 +183,42 @@ pub struct CompiledUpstream {
     pub keepalive_pool: KeepalivePool,
 }
 
+/// The longest [`seconds`] gives: about 31 years, far from any overflow of `Instant`.
+pub const MAX_SECONDS: f64 = 1e9;
+
+/// Seconds from a config or a request variable as a `Duration`, never a panic: APISIX's
+/// schemas bound few timeouts (`1e300` is a valid one), and `Duration::from_secs_f64`
+/// panics past its range or on NaN. Negative and NaN give zero; the rest is capped at
+/// [`MAX_SECONDS`].
+pub fn seconds(s: f64) -> Duration {
+    if s.is_nan() {
+        return Duration::ZERO;
+    }
+    Duration::from_secs_f64(s.clamp(0.0, MAX_SECONDS))
+}
+
+/// Deserializers for the integers of plugin confs that APISIX's schemas leave unbounded
+/// (`burst: 1e20` is valid there): any JSON number, saturated into the field's type (`as`
+/// saturates, NaN gives 0), rather than a change set refused whole.
+pub mod saturating {
+    use serde::{Deserialize, Deserializer};
+
+    /// A `u64` field.
+    pub fn u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        Ok(f64::deserialize(d)? as u64)
+    }
+
+    /// A `u32` field.
+    pub fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        Ok(f64::deserialize(d)? as u32)
+    }
+
+    /// A `u16` field.
+    pub fn u16<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+        Ok(f64::deserialize(d)? as u16)
+    }
+}
+
 fn default_type() -> String {
     "roundrobin".to_owned()
 }
@@ -208,5 +246,29 @@ mod tests {
     #[test]
     fn unknown_change_kind_is_rejected() {
         assert!(serde_json::from_str::<ChangeSet>(r#"{"upsert_ssl":[]}"#).is_err());
+    }
+
+    #[test]
+    fn seconds_never_panic() {
+        assert_eq!(seconds(f64::NAN), Duration::ZERO);
+        assert_eq!(seconds(-3.0), Duration::ZERO);
+        assert_eq!(seconds(1e300), Duration::from_secs_f64(MAX_SECONDS));
+        assert_eq!(seconds(f64::INFINITY), Duration::from_secs_f64(MAX_SECONDS));
+        assert_eq!(seconds(1.5), Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn saturating_integers_take_any_json_number() {
+        #[derive(Deserialize)]
+        struct T {
+            #[serde(deserialize_with = "saturating::u64")]
+            a: u64,
+            #[serde(deserialize_with = "saturating::u16")]
+            b: u16,
+        }
+        let t: T = serde_json::from_str(r#"{"a": 1e20, "b": 100000}"#).unwrap();
+        assert_eq!((t.a, t.b), (u64::MAX, u16::MAX));
+        let t: T = serde_json::from_str(r#"{"a": 7, "b": 2.0}"#).unwrap();
+        assert_eq!((t.a, t.b), (7, 2));
     }
 }

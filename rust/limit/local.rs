@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::config::seconds;
+
 const SHARDS: usize = 64;
 const SWEEP_EVERY: usize = 256;
 
@@ -113,7 +115,7 @@ impl LocalStore {
     pub fn count_fixed(&self, key: &str, limit: u64, window: Duration, cost: u64) -> CountState {
         self.with_shard(key, |shard, now| {
             let fresh = || Slot::Fixed {
-                remaining: limit as i64,
+                remaining: i64::try_from(limit).unwrap_or(i64::MAX),
                 reset_at: now + window,
             };
             let entry = shard
@@ -213,7 +215,7 @@ impl LocalStore {
                 return None;
             }
             // The bucket is empty again after excess / rate seconds: reclaimable then.
-            let drain = Duration::from_secs_f64((excess as f64 / 1000.0 + 1.0) / rate.max(1e-9));
+            let drain = seconds((excess as f64 / 1000.0 + 1.0) / rate.max(1e-9));
             shard.map.insert(
                 key.into(),
                 (
@@ -293,6 +295,9 @@ mod tests {
         std::thread::sleep(Duration::from_millis(220));
         let st = s.count_fixed("k", 3, w, 1);
         assert!(st.allowed && st.remaining == 2);
+        // a count past i64 (APISIX leaves it unbounded) admits, it does not wrap to -1
+        let st = s.count_fixed("huge", u64::MAX, w, 1);
+        assert!(st.allowed && st.remaining == i64::MAX as u64 - 1);
     }
 
     #[test]

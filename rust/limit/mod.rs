@@ -21,6 +21,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::StatusCode;
 use serde::Deserialize;
 
+use crate::config::{saturating, seconds};
 use crate::router::{Expr, RequestVars};
 use serde_json::Value;
 
@@ -237,13 +238,13 @@ struct PolicyConf {
     policy: String,
     #[serde(default)]
     redis_host: Option<String>,
-    #[serde(default = "redis_port")]
+    #[serde(default = "redis_port", deserialize_with = "saturating::u16")]
     redis_port: u16,
     #[serde(default)]
     redis_username: Option<String>,
     #[serde(default)]
     redis_password: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "saturating::u32")]
     redis_database: u32,
     #[serde(default = "redis_timeout")]
     redis_timeout: f64,
@@ -312,7 +313,7 @@ enum Policy {
 
 impl PolicyConf {
     fn build(&self) -> Result<Policy, String> {
-        let timeout = Duration::from_secs_f64((self.redis_timeout / 1000.0).max(0.001));
+        let timeout = seconds((self.redis_timeout / 1000.0).max(0.001));
         match self.policy.as_str() {
             "local" => Ok(Policy::Local),
             "redis" => {
@@ -423,6 +424,7 @@ struct ReqConf {
 #[derive(Debug, Clone, Deserialize)]
 struct ConnConf {
     conn: Value,
+    #[serde(deserialize_with = "saturating::u64")]
     burst: u64,
     default_conn_delay: f64,
     #[serde(default)]
@@ -722,7 +724,7 @@ impl Limits {
                             Some(Window {
                                 key: format!("{ident}:{value}"),
                                 count: r.count.resolve(vars).map(|x| x as u64),
-                                window: r.window.resolve(vars).map(Duration::from_secs_f64),
+                                window: r.window.resolve(vars).map(seconds),
                                 prefix: r.prefix.clone(),
                             })
                         })
@@ -984,7 +986,7 @@ impl Resolved {
 
 async fn sleep(secs: f64) {
     if secs > 0.0 && secs.is_finite() {
-        tokio::time::sleep(Duration::from_secs_f64(secs.min(3600.0))).await;
+        tokio::time::sleep(seconds(secs.min(3600.0))).await;
     }
 }
 

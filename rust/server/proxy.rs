@@ -24,7 +24,7 @@ use super::drain::{Drain, Tracked};
 use super::plugins;
 use super::request::{BadRequest, RequestView};
 use super::State;
-use crate::config::{PassHost, Timeouts};
+use crate::config::{seconds, PassHost, Timeouts};
 use crate::limit::{self, Limits};
 use crate::pipeline::{Changes, Outcome, Phase, ResponseData};
 use crate::router::RequestVars;
@@ -965,7 +965,7 @@ fn respond(
 }
 
 fn secs(s: f64) -> Duration {
-    Duration::from_secs_f64(s.max(0.001))
+    seconds(s.max(0.001))
 }
 
 /// The largest chunked client body read whole to be sent with a `Content-Length`, as nginx

@@ -13,7 +13,7 @@ use arc_swap::ArcSwapOption;
 use http::HeaderValue;
 use parking_lot::Mutex;
 
-use crate::config::{CompiledUpstream, KeepalivePool, PassHost, Timeouts};
+use crate::config::{seconds, CompiledUpstream, KeepalivePool, PassHost, Timeouts};
 use balancer::Balancer;
 use pool::Pool;
 
@@ -126,10 +126,7 @@ impl Upstream {
             nodes,
             balancer,
             retries,
-            retry_timeout: c
-                .retry_timeout
-                .filter(|t| *t > 0.0)
-                .map(Duration::from_secs_f64),
+            retry_timeout: c.retry_timeout.filter(|t| *t > 0.0).map(seconds),
             timeouts: c.timeout,
             pass_host: c.pass_host,
             upstream_host,

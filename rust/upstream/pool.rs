@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
 use super::h1::H1Conn;
-use crate::config::KeepalivePool;
+use crate::config::{seconds, KeepalivePool};
 
 thread_local! {
     static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
@@ -68,7 +68,7 @@ impl Pool {
         Arc::new(Pool {
             idle: (0..MAX_WORKERS).map(|_| Mutex::new(Vec::new())).collect(),
             limits,
-            idle_timeout: Duration::from_secs_f64(limits.idle_timeout.max(0.0)),
+            idle_timeout: seconds(limits.idle_timeout),
         })
     }
 

@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from ..config import ConfigError, ConfigIssue, PluginCatalog, build_config
-from ..config.jsonvalue import loads
+from ..config.jsonvalue import TOO_DEEP, check_value, loads
 from ..config.standalone import RESOURCES, UNSUPPORTED, item_id
 from ..store.base import Store
 from ..store.build import parse_key
@@ -134,10 +134,13 @@ def _replace(
             data = yaml.safe_load(raw)
             if not isinstance(data, dict):
                 return error_answer(400, "invalid request body: invalid yaml request body")
+            check_value(data)  # as loads checks JSON: depth, NaN/Infinity, aliases' expansion
         else:
             data = loads(raw)
     except (ValueError, yaml.YAMLError) as err:
         return error_answer(400, f"invalid request body: {err}")
+    except RecursionError:
+        return error_answer(400, f"invalid request body: {TOO_DEEP}")
     if not isinstance(data, dict):
         return error_answer(400, "invalid request body: expected an object")
     if store.read_only:

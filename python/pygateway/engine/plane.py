@@ -320,6 +320,22 @@ def _request_factory(
     return request
 
 
+def _refused_head(request: web.BaseRequest) -> int | None:
+    """The status of a request head the native plane's parser (hyper) refuses and aiohttp
+    takes, checked in the order hyper meets them; None when it is fine."""
+    if isinstance(request, _HttpRequest) and request.unsupported_version:
+        return 400  # HTTP/0.9, HTTP/2.0 in an HTTP/1 request line
+    if len(request.raw_headers) > MAX_REQUEST_HEADERS:
+        return 431
+    codings = request.headers.getall("Transfer-Encoding", ())  # aiohttp: one at most
+    if codings:
+        if request.version == HttpVersion10:
+            return 400  # no chunked framing in HTTP/1.0 (nginx and hyper: 400)
+        if codings[0].strip().lower() != "chunked":
+            return 501  # nginx: "unknown Transfer-Encoding"; a coding would be lost upstream
+    return None
+
+
 class _HttpRequest(web.BaseRequest):
     unsupported_version = False
     """The request line named a version other than HTTP/1.0 and 1.1."""
@@ -623,23 +639,14 @@ class PythonDataPlane:
         )
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        refused = _refused_head(request)
+        if refused is not None:
+            reply = html_error(refused)
+            reply.headers.append(("connection", "close"))
+            return await self._send(request, reply, None)
         if request.method == "TRACE":
             # nginx refuses TRACE before any phase runs ("client sent TRACE method").
             return await self._send(request, html_error(405), None)
-        if isinstance(request, _HttpRequest) and request.unsupported_version:
-            reply = html_error(400)
-            reply.headers.append(("connection", "close"))
-            return await self._send(request, reply, None)
-        if len(request.raw_headers) > MAX_REQUEST_HEADERS:  # the native plane's (hyper's) limit
-            reply = html_error(431)
-            reply.headers.append(("connection", "close"))
-            return await self._send(request, reply, None)
-        codings = request.headers.getall("Transfer-Encoding", ())  # aiohttp: one at most
-        if codings and codings[0].strip().lower() != "chunked":
-            # nginx: 501 "unknown Transfer-Encoding"; a coding would be dropped upstream
-            reply = html_error(501)
-            reply.headers.append(("connection", "close"))
-            return await self._send(request, reply, None)
         try:
             info = self._info(request)
         except BadRequest as err:

@@ -97,9 +97,9 @@ def request_host(host_headers: Sequence[str], authority: str | None, http10: boo
         raw = ""
     else:
         raise BadRequest("host")
-    # nginx's $host: one trailing dot dropped, and an empty label refused.
+    # nginx's $host: one trailing dot dropped, and two dots in a row refused.
     name = _strip_port(raw).lower()
-    if ".." in name or name.startswith("."):
+    if ".." in name:
         raise BadRequest("host")
     return name.removesuffix(".")
 

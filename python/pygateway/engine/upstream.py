@@ -329,7 +329,8 @@ class UpstreamConn:
         if tokens:
             named = set(tokens) - ({"upgrade"} if switching else set())
             headers = [(n, v) for n, v in headers if n not in named]
-        reason = (m.group(3) or b"").decode("latin-1")
+        phrase = m.group(3) or b""
+        reason = phrase.decode() if phrase.isascii() else ""  # as httparse: text or nothing
         return ResponseHead(status, headers, framing, length, reusable, reason)
 
     def buffered_body(self, head: ResponseHead) -> bytes | None:

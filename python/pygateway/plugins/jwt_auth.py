@@ -19,11 +19,11 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 import time
 from email.utils import formatdate
 from typing import Any, ClassVar
 
-from pygateway.config.jsonvalue import loads
 from pygateway.ctx import Ctx
 from pygateway.plugin import Plugin, Response
 
@@ -61,10 +61,10 @@ class Token:
             raise ValueError("invalid jwt string")
         self.raw_header, self.raw_payload, raw_signature = parts
         try:
-            self.header = loads(_b64url(self.raw_header))
-            self.payload = loads(_b64url(self.raw_payload))
+            self.header = json.loads(_b64url(self.raw_header))
+            self.payload = json.loads(_b64url(self.raw_payload))
             self.signature = _b64url(raw_signature)
-        except (ValueError, binascii.Error):
+        except (ValueError, binascii.Error, RecursionError):
             raise ValueError("invalid header or payload") from None
         if not isinstance(self.header, dict) or not isinstance(self.payload, dict):
             raise ValueError("invalid header or payload")

@@ -6,10 +6,10 @@ JSON. Header names are matched without regard to case."""
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
-from pygateway.config.jsonvalue import loads
 from pygateway.config.validator import SchemaError, is_valid, validate
 from pygateway.ctx import Ctx, RequestBodyTooLarge
 from pygateway.plugin import Plugin, Response
@@ -78,8 +78,8 @@ class RequestValidation(Plugin):
             if content_type.startswith("application/x-www-form-urlencoded"):
                 body: Any = dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True))
             else:
-                body = loads(raw)
-        except ValueError as err:
+                body = json.loads(raw)  # as cjson: no depth limit of ours on client data
+        except (ValueError, RecursionError) as err:
             ctx.log.error("failed to decode the req body: %s", err)
             return code, message or f"failed to decode the req body: {err}"
         problem = _check(body_schema, body)
@@ -94,4 +94,6 @@ def _check(schema: dict[str, Any], value: Any) -> str | None:
         validate(schema, value, fill_defaults=False)
     except SchemaError as err:
         return err.message
+    except RecursionError:
+        return "failed to validate the req body: nested too deeply"
     return None

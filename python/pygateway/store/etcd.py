@@ -339,7 +339,7 @@ class EtcdStore(Store):
             return None
         self._remember(key, int(reply["header"]["revision"]), None)
         for kv in reply.get("prev_kvs") or ():
-            return self._entry(key, kv)
+            return self._entry(key, kv, quiet=True)
         return None
 
     def new_id(self) -> str:
@@ -370,7 +370,7 @@ class EtcdStore(Store):
             return None
         return key
 
-    def _entry(self, key: str, kv: dict[str, Any]) -> Entry | None:
+    def _entry(self, key: str, kv: dict[str, Any], quiet: bool = False) -> Entry | None:
         """The entry of a kv, or None (logged) when its value is not a JSON object: the
         caller keeps the key's last valid value, as APISIX does."""
         raw = base64.b64decode(kv.get("value") or "")
@@ -383,6 +383,8 @@ class EtcdStore(Store):
             why = None if isinstance(value, dict) else "it should be an object"
         revision = _kv_revision(kv, "mod_revision")
         if why is not None:
+            if quiet:
+                return None
             log.error(
                 "etcd: invalid item data of %s%s (revision %d), %s: skipped, its last valid "
                 "value (if any) keeps serving",
@@ -531,9 +533,6 @@ class EtcdStore(Store):
                 invalid.append(key)
         with self._lock:
             previous = self._view
-            for key in invalid:
-                if key in previous:
-                    content[key] = previous[key]
             if revision < self._revision or (
                 self._cluster_id is not None and cluster_id != self._cluster_id
             ):
@@ -547,6 +546,10 @@ class EtcdStore(Store):
                 )
                 full = True
                 self._local.clear()
+            else:  # the same etcd: an invalid key keeps its last valid value
+                for key in invalid:
+                    if key in previous:
+                        content[key] = previous[key]
             self._view = content
             self._revision = revision
             self._cluster_id = cluster_id
