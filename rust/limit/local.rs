@@ -207,7 +207,9 @@ impl LocalStore {
             let excess = match shard.map.get(key) {
                 Some((Slot::Bucket { excess, last, .. }, _)) => {
                     let elapsed_ms = now.duration_since(*last).as_millis() as i64;
-                    (excess - rate_m * elapsed_ms / 1000 + 1000).max(0)
+                    // saturating: rate and burst are unbounded in APISIX's schema
+                    let drained = rate_m.saturating_mul(elapsed_ms) / 1000;
+                    excess.saturating_sub(drained).saturating_add(1000).max(0)
                 }
                 _ => 0,
             };
@@ -323,6 +325,11 @@ mod tests {
         let d = s.leaky_bucket("k", 1.0, 1.0).expect("within burst");
         assert!(d > 0.9 && d <= 1.0, "{d}");
         assert_eq!(s.leaky_bucket("k", 1.0, 1.0), None);
+        // rates and bursts past i64 milli-requests (unbounded in APISIX) saturate
+        for _ in 0..3 {
+            assert!(s.leaky_bucket("huge", 1e300, 1e300).is_some());
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     #[test]

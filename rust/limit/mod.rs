@@ -872,9 +872,10 @@ impl Resolved {
                     let Some(conn) = max else {
                         return Err(failed("conn"));
                     };
+                    let most = conn.saturating_add(l.burst); // both may be as large as u64
                     let entered = match &l.common.policy {
-                        Policy::Local => Ok(store.conn_enter(&key, conn + l.burst)),
-                        Policy::Redis(b) => redis::conn_enter(b, &key, conn + l.burst).await,
+                        Policy::Local => Ok(store.conn_enter(&key, most)),
+                        Policy::Redis(b) => redis::conn_enter(b, &key, most).await,
                     };
                     match entered {
                         Ok(Some(n)) => {
