@@ -27,6 +27,7 @@ from conftest import request, route
 from origin import Origin, free_port
 from pygateway import Gateway
 from pygateway.config import ConfigError
+from pygateway.store.base import Entry
 from pygateway.store.build import ConfigBuilder
 from pygateway.store.embedded import EmbeddedStore
 
@@ -247,6 +248,31 @@ def test_invalid_store_items_are_skipped_and_the_rest_serves(
     assert "routes/bad" in caplog.text and "methods" in caplog.text
     assert "routes/dangling" in caplog.text and "service_id" in caplog.text
     assert "routes/both" in caplog.text
+
+
+def test_kept_versions_of_invalid_updates_are_checked_again_after_a_plugin_change() -> None:
+    class Catalog:
+        def __init__(self, names: set[str]) -> None:
+            self.names = names
+
+        def known(self, name: str) -> bool:
+            return name in self.names
+
+        def check(self, name: str, conf: dict[str, Any]) -> str | None:
+            return None if name in self.names else f"unknown plugin [{name}]"
+
+    catalog = Catalog({"p", "q"})
+    builder = ConfigBuilder(catalog)  # type: ignore[arg-type]
+    up = {"nodes": {"127.0.0.1:1": 1}}
+    good_p = Entry("routes/p", {"uri": "/p", "upstream": up, "plugins": {"p": {}}}, 1, 1)
+    good_q = Entry("routes/q", {"uri": "/q", "upstream": up, "plugins": {"q": {}}}, 2, 2)
+    assert sorted(builder.build([good_p, good_q]).routes) == ["p", "q"]
+    bad_p = Entry("routes/p", {"uri": 5}, 1, 3)
+    bad_q = Entry("routes/q", {"uri": 5}, 2, 4)
+    assert sorted(builder.build([bad_p, bad_q]).routes) == ["p", "q"]  # last valid versions
+    catalog.names = {"q"}  # a reload without plugin p
+    builder.clear()
+    assert list(builder.build([bad_p, bad_q]).routes) == ["q"]
 
 
 def test_a_route_whose_upstream_is_gone_answers_502_and_does_not_fall_through(

@@ -226,6 +226,12 @@ def test_invalid_updates_from_etcd_keep_the_last_valid_config_serving(
     r = admin.put("/routes/4", {"uri": "/r4", "upstream_id": "1"})
     assert r.status == 201, r.body
     wait_status(base, "/r4", 200, timeout=SERVED_WITHIN)
+    # a plugin reload checks every object again; the kept versions stay (they pass)
+    assert admin.call("PUT", "/plugins/reload").status == 200
+    raw.put("/apisix/routes/5", {"uri": "/r5", "upstream_id": "1"})
+    wait_status(base, "/r5", 200, timeout=SERVED_WITHIN)  # upstream 1: its kept version
+    for path in ("/r1", "/r2"):
+        assert request(base, path).status == 200, f"{path}: dropped by the plugin reload"
     assert admin.get("/routes/3").json()["value"]["uri"] == "/r3"
 
     raw.put("/apisix/upstreams/1", {"type": "roundrobin", "nodes": {origin.addr: 1}})

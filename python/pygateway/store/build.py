@@ -69,13 +69,15 @@ class ConfigBuilder:
         self.catalog = catalog
         self._cache: dict[str, tuple[int, Item | None]] = {}
         self._good: dict[str, Item] = {}  # key -> its last valid item
+        self._recheck: set[str] = set()  # kept items to check again (the plugins changed)
         self._vouched: dict[str, tuple[int, Item]] = {}  # written by another thread
         self._reported: set[tuple[str, int, str]] = set()
 
     def clear(self) -> None:
-        """Forget every validated item (the plugins changed: re-check everything)."""
+        """Forget every validated item (the plugins changed: re-check everything). The last
+        valid versions kept for invalid updates stay, checked again before their next use."""
         self._cache.clear()
-        self._good.clear()
+        self._recheck = set(self._good)
         self._vouched.clear()
         self._reported.clear()
 
@@ -139,11 +141,30 @@ class ConfigBuilder:
         if item is None:
             # APISIX keeps serving an object's last valid version when an update of it is
             # invalid (config_etcd's sync: "do not update the config cache").
-            item = self._good.get(entry.key)
+            item = self._kept(resource, entry.key)
         else:
             self._good[entry.key] = item
+            self._recheck.discard(entry.key)
         self._cache[entry.key] = (entry.modified_index, item)
         return item
+
+    def _kept(self, resource: str, key: str) -> Item | None:
+        """The last valid item of ``key``; one kept from before a plugin change must pass
+        the new plugins' checks, or it goes too."""
+        good = self._good.get(key)
+        if good is None or key not in self._recheck:
+            return good
+        self._recheck.discard(key)
+        try:
+            problems = list(CHECKERS[resource](json_copy(good.conf), self.catalog))
+        except Exception:
+            log.exception("store: checking the kept version of %s failed", key)
+            problems = [Problem("", "", "")]
+        if any(not p.warning for p in problems):
+            log.error("store: %s: its kept version fails the reloaded plugins' checks", key)
+            del self._good[key]
+            return None
+        return good
 
     def item(self, resource: str, ident: str, entry: Entry, config: Config) -> Item | None:
         """The valid item of ``entry`` whose references resolve in ``config``, or None
@@ -167,6 +188,7 @@ class ConfigBuilder:
         """Drop the validated items of a deleted ``key``."""
         self._cache.pop(key, None)
         self._good.pop(key, None)
+        self._recheck.discard(key)
 
     def build(self, entries: Iterable[Entry], source: str | None = None) -> Config:
         """A Config of every valid entry; invalid ones (and their dependents) are skipped."""
