@@ -128,13 +128,7 @@ class ConfigBuilder:
             return vouched[1]
         conf: Any = _prepared(resource, ident, entry.value)
         item: Item | None = Item(ident, entry.created_index, conf)
-        try:
-            problems = list(CHECKERS[resource](conf, self.catalog))
-        except Exception as err:  # a checker's bug must not stop the other items
-            log.exception("store: checking %s failed", entry.key)
-            why = f"could not be checked: {type(err).__name__}"
-            problems = [Problem("", why, why)]
-        for p in problems:
+        for p in self._problems(resource, entry.key, conf):
             self._report(entry, _issue(resource, ident, p.path, p.message), p.warning)
             if not p.warning:
                 item = None
@@ -148,6 +142,16 @@ class ConfigBuilder:
         self._cache[entry.key] = (entry.modified_index, item)
         return item
 
+    def _problems(self, resource: str, key: str, conf: Any) -> list[Problem]:
+        """What the resource's checker finds in ``conf`` (defaults filled in place); a
+        checker that raises makes ``conf`` invalid, it does not stop the other items."""
+        try:
+            return list(CHECKERS[resource](conf, self.catalog))
+        except Exception as err:
+            log.exception("store: checking %s failed", key)
+            why = f"could not be checked: {type(err).__name__}"
+            return [Problem("", why, why)]
+
     def _kept(self, resource: str, key: str) -> Item | None:
         """The last valid item of ``key``; one kept from before a plugin change must pass
         the new plugins' checks, or it goes too."""
@@ -155,12 +159,7 @@ class ConfigBuilder:
         if good is None or key not in self._recheck:
             return good
         self._recheck.discard(key)
-        try:
-            problems = list(CHECKERS[resource](json_copy(good.conf), self.catalog))
-        except Exception:
-            log.exception("store: checking the kept version of %s failed", key)
-            problems = [Problem("", "", "")]
-        if any(not p.warning for p in problems):
+        if any(not p.warning for p in self._problems(resource, key, json_copy(good.conf))):
             log.error("store: %s: its kept version fails the reloaded plugins' checks", key)
             del self._good[key]
             return None

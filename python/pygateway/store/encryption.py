@@ -139,33 +139,29 @@ def _walk(node: Any, path: list[str], op: Callable[[str], str | None]) -> bool:
     """Apply ``op`` to the strings at ``path`` under ``node`` (APISIX's traversal: lists
     met on the way are walked element by element; the leaf may be a string, a list of
     strings or a map of strings). Whether anything changed."""
-    if not isinstance(node, dict):
+    if not isinstance(node, dict) or path[0] not in node:
         return False
     head, rest = path[0], path[1:]
-    if head not in node:
-        return False
     child = node[head]
     if rest:
         items = child if isinstance(child, list) else [child]
         return any([_walk(item, rest, op) for item in items])
     if isinstance(child, str):
-        done = op(child)
-        if done is not None and done != child:
-            node[head] = done
-            return True
+        return _replace(node, head, op)
+    if isinstance(child, list):
+        return any([_replace(child, i, op) for i in range(len(child))])
+    if isinstance(child, dict):
+        return any([_replace(child, k, op) for k in list(child)])
+    return False
+
+
+def _replace(container: Any, key: Any, op: Callable[[str], str | None]) -> bool:
+    """``container[key] = op(container[key])`` for a string that ``op`` changes."""
+    value = container[key]
+    if not isinstance(value, str):
         return False
-    changed = False
-    pairs: list[tuple[Any, Any]] = (
-        list(enumerate(child))
-        if isinstance(child, list)
-        else list(child.items())
-        if isinstance(child, dict)
-        else []
-    )
-    for k, v in pairs:
-        if isinstance(v, str):
-            done = op(v)
-            if done is not None and done != v:
-                child[k] = done
-                changed = True
-    return changed
+    done = op(value)
+    if done is None or done == value:
+        return False
+    container[key] = done
+    return True
